@@ -1,0 +1,234 @@
+"""The gateway daemon: wires config → store → link runners → uploaders → status page, and stops them cleanly.
+
+Start order is sinks first, sources last (store, uploaders, panel, then runners); stop is the reverse, so every
+reading a runner emitted is in the store's queue before the store drains and closes.
+
+Threads: everything here runs on the asyncio loop thread except the store's writer thread (owned by the Store)
+and short ``asyncio.to_thread`` calls for blocking store operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cloud_sync.uploader import Uploader
+from gateway.asgi_server import AsgiServer, BindError
+from gateway.config import GatewayConfig
+from gateway.latest import LatestTable
+from gateway.model import PointInfo, ReadingBatch
+from gateway.runner import LinkRunner
+from storefwd.store import Store
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """One running gateway. Use ``async with Gateway(cfg):`` or ``start()`` / ``stop()`` (idempotent)."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+        wall_ns: Callable[[], int] = time.time_ns,
+        sink_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.mono_ns = mono_ns
+        self.wall_ns = wall_ns
+        self._sink_transport = sink_transport
+        self.store: Store | None = None
+        self.runners: list[LinkRunner] = []
+        self.uploaders: list[Uploader] = []
+        self.panel: AsgiServer | None = None
+        self.latest: LatestTable | None = None
+        self.points: list[PointInfo] = []
+        self.point_ids: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_wall_ns = 0
+        self.emit_backpressure = 0  # emits refused by a full store queue (runners retry them)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.started_wall_ns = self.wall_ns()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await asyncio.to_thread(
+            Store,
+            cfg.store_path,
+            commit_interval_ms=cfg.storage.commit_interval_ms,
+            queue_rows=cfg.storage.queue_rows,
+            disk_budget_mb=cfg.storage.disk_budget_mb,
+        )
+        self.points = [
+            PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit) for _, dev in cfg.devices() for p in dev.points
+        ]
+        ids = await asyncio.to_thread(self.store.register_points, self.points)
+        self.point_ids = {p.name: int(i) for p, i in zip(self.points, ids, strict=True)}
+        self.latest = LatestTable(max(self.point_ids.values(), default=0))
+
+        for sink in cfg.sinks:
+            up = Uploader(self.store, sink, cfg.id, transport=self._sink_transport)
+            self.uploaders.append(up)
+            self._tasks.append(asyncio.create_task(up.run(), name=f"sink-{sink.name}"))
+
+        if cfg.panel.port:
+            from gateway.status_page import build_status_app
+
+            self.panel = AsgiServer(build_status_app(self), cfg.panel.host, cfg.panel.port, name="panel")
+            await self.panel.start()
+
+        for link in cfg.links:
+            runner = LinkRunner(link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns)
+            self.runners.append(runner)
+            self._tasks.append(asyncio.create_task(runner.run(), name=f"link-{link.name}"))
+        log.info(
+            "gateway %s started: %d links, %d devices, %d points, store %s",
+            cfg.id,
+            len(cfg.links),
+            len(cfg.devices()),
+            len(self.points),
+            cfg.store_path,
+        )
+
+    def _emit(self, batch: ReadingBatch) -> bool:
+        """Runner → store. Non-blocking; False means the store queue is full and the runner retries."""
+        assert self.store is not None and self.latest is not None
+        if not self.store.offer(batch):
+            self.emit_backpressure += 1
+            return False
+        self.latest.update(batch, self.wall_ns())
+        return True
+
+    async def stop(self) -> None:
+        """Stop sources first (runners), then the panel and uploaders, then drain and close the store."""
+        for r in self.runners:
+            r.stop()
+        runner_tasks = [t for t in self._tasks if t.get_name().startswith("link-")]
+        await _wait_tasks(runner_tasks, 3.0)
+        if self.panel is not None:
+            await self.panel.stop()
+            self.panel = None
+        for u in self.uploaders:
+            u.stop()
+        await _wait_tasks([t for t in self._tasks if t not in runner_tasks], 3.0)
+        self._tasks.clear()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await asyncio.to_thread(store.close)
+        log.info("gateway %s stopped", self.cfg.id)
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def failed_task(self) -> BaseException | None:
+        """The exception of a component task that died unexpectedly (the daemon then exits non-zero)."""
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                return t.exception()
+        return None
+
+    # -- status -------------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Snapshot for the status page and ``/api/status`` (JSON-serialisable)."""
+        store_stats: dict[str, Any] = dict(self.store.stats()) if self.store is not None else {}
+        return {
+            "gateway_id": self.cfg.id,
+            "started_ns": self.started_wall_ns,
+            "now_ns": self.wall_ns(),
+            "devices": [d for r in self.runners for d in r.status()],
+            "sinks": [u.status() for u in self.uploaders],
+            "store": store_stats,
+            "emit_backpressure": self.emit_backpressure,
+        }
+
+
+async def _wait_tasks(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            log.error("task %s failed: %r", t.get_name(), t.exception())
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:
+    """Run until ``stop`` is set or a component dies. Returns an exit code."""
+    from storefwd.errors import StoreError
+
+    gw = Gateway(cfg)
+    try:
+        await gw.start()
+    except (BindError, StoreError, OSError) as e:
+        log.error("cannot start: %s", e)
+        await gw.stop()
+        return 4
+    if gw.panel is not None:
+        log.info("status page: %s/", gw.panel.url)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            err = gw.failed_task()
+            if err is not None:
+                log.error("a component failed, stopping: %r", err)
+                return 4
+        return 0
+    finally:
+        await gw.stop()
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_from_file(path: Path) -> int:
+    from gateway.cli import cmd_check_config_errors
+    from gateway.config_load import ConfigError, ConfigFileError, load_config
+
+    try:
+        cfg, warnings = load_config(path)
+    except (ConfigFileError, ConfigError) as e:
+        return cmd_check_config_errors(e, path)
+    setup_logging(cfg.log_level)
+    for w in warnings:
+        log.warning(w)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        return await run_gateway(cfg, stop)
+
+    return asyncio.run(main())

@@ -1,0 +1,124 @@
+"""The ``gateway`` command line.
+
+Exit codes (documented in README.md and docs/cli.md):
+  0  success
+  1  the config (or another input file) has errors; every error is printed
+  2  usage error (unknown command or option)
+  3  a file is missing, unreadable or not valid TOML
+  4  the daemon could not start or failed at run time (port in use, store cannot be opened, ...)
+  130 interrupted by Ctrl-C before a clean stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_USAGE = 2
+EXIT_FILE = 3
+EXIT_RUNTIME = 4
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Substation edge gateway")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("check-config", help="validate a config file and print a summary")
+    c.add_argument("file", type=Path, help="TOML config file")
+
+    r = sub.add_parser("run", help="run the gateway daemon")
+    r.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
+
+    rc = sub.add_parser("receiver", help="run the reference cloud ingestion receiver")
+    rc.add_argument("--db", required=True, help="DuckDB file path or postgresql://… URL")
+    rc.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    rc.add_argument("--port", type=int, default=8081, help="listen port (default 8081)")
+    rc.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="GATEWAY_ID=TOKEN",
+        help="accept TOKEN for GATEWAY_ID (repeatable); also read from GATEWAY_RECEIVER_TOKENS",
+    )
+    rc.add_argument("--tokens-file", type=Path, help="file with one GATEWAY_ID=TOKEN per line")
+
+    d = sub.add_parser("demo", help="simulated IEDs + receiver + gateway with the shipped demo config")
+    d.add_argument("--data-dir", type=Path, default=Path("demo-data"), help="where the demo keeps its files")
+    d.add_argument("--panel-port", type=int, default=8080, help="status page port (default 8080)")
+    d.add_argument("--receiver-port", type=int, default=8081, help="receiver port (default 8081)")
+    d.add_argument("--modbus-port", type=int, default=15020, help="first simulated IED port (default 15020)")
+    d.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
+    return p
+
+
+def cmd_check_config_errors(e: Exception, file: Path) -> int:
+    """Print a config load failure (every problem, one per line) and return the exit code for it."""
+    from gateway.config_load import ConfigError, ConfigFileError
+
+    problems = e.problems if isinstance(e, ConfigError) else []
+    for prob in problems:
+        print(f"error: {prob}", file=sys.stderr)
+    if isinstance(e, ConfigFileError):
+        return EXIT_FILE
+    print(f"{len(problems)} error(s) in {file}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(file: Path) -> int:
+    from gateway.config_load import ConfigError, load_config
+    from gateway.summary import format_summary
+
+    try:
+        cfg, warnings = load_config(file)
+    except ConfigError as e:
+        return cmd_check_config_errors(e, file)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(format_summary(cfg))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse prints its own usage message
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "check-config":
+            return cmd_check_config(args.file)
+        if args.command == "run":
+            from gateway.app import run_from_file
+
+            return run_from_file(args.config)
+        if args.command == "receiver":
+            from cloud_sync.receiver.cli import run_receiver
+
+            return run_receiver(args.db, args.host, args.port, args.token, args.tokens_file)
+        if args.command == "demo":
+            from gateway.demo import run_demo
+
+            return run_demo(
+                data_dir=args.data_dir,
+                panel_port=args.panel_port,
+                receiver_port=args.receiver_port,
+                modbus_port=args.modbus_port,
+                duration_s=args.duration,
+            )
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    parser.print_help()
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

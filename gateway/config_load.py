@@ -1,0 +1,465 @@
+"""Read a TOML config into :class:`gateway.config.GatewayConfig`, collecting *every* error.
+
+Each error names the file, the key path (``links[feeders].devices[feeder1].points[Ia].type``) and, where there
+is one, the device; a misspelt key or value gets a "did you mean". :func:`load_config` raises
+:class:`ConfigError` carrying the whole list, so a technician fixes a file in one pass.
+
+The layout of the file is documented in ``docs/config.md``; templates (``[templates.NAME]``) let many identical
+IEDs share one point list: a device with ``template = "NAME"`` takes the template's settings and points, and its
+own keys override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from gateway.config import (
+    CONFIG_VERSION,
+    DTYPE_WORDS,
+    DeviceConfig,
+    GatewayConfig,
+    LinkConfig,
+    PanelConfig,
+    PointConfig,
+    SinkConfig,
+    StorageConfig,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    file: str
+    key: str  # dotted key path, with [name] for list entries
+    message: str
+    device: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        dev = f" (device {self.device})" if self.device else ""
+        return f"{where}{dev}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config file could not be used. ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigFileError(ConfigError):
+    """The file is missing, unreadable or not valid TOML (exit code 3 in the CLI)."""
+
+
+# Top-level tables and the dataclass each one fills. "gateway" holds GatewayConfig's scalar settings.
+_GATEWAY_SCALARS = ("id", "data_dir", "log_level")
+_TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _suggest(word: str, options: typing.Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest option(s); equally close options are all named, sorted."""
+    opts = list(options)
+    match = difflib.get_close_matches(word, opts, n=3, cutoff=0.6)
+    if not match:
+        return ""
+
+    def ratio(o: str) -> float:
+        return difflib.SequenceMatcher(None, word, o).ratio()
+
+    best = ratio(match[0])
+    tied = sorted(m for m in match if ratio(m) == best)
+    return "; did you mean " + " or ".join(f"'{m}'" for m in tied) + "?"
+
+
+class _Loader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[ConfigProblem] = []
+        self.warnings: list[str] = []
+
+    def err(self, key: str, message: str, device: str = "") -> None:
+        self.problems.append(ConfigProblem(self.file, key, message, device))
+
+    # -- generic dataclass filling ---------------------------------------------------------------------------
+    def fill(
+        self,
+        cls: type[Any],
+        raw: Any,
+        key: str,
+        *,
+        device: str = "",
+        skip: tuple[str, ...] = (),
+        extra_allowed: tuple[str, ...] = (),
+    ) -> dict[str, Any] | None:
+        """Check ``raw`` against ``cls``'s scalar fields; return converted kwargs (nested fields excluded)."""
+        if not isinstance(raw, dict):
+            self.err(key, f"expected a table, got {type(raw).__name__}", device)
+            return None
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip and f.name != "source"}
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k in extra_allowed:
+                continue
+            if k not in fields and k not in skip:
+                self.err(f"{key}.{k}", f"unknown key{_suggest(k, [*fields, *extra_allowed])}", device)
+                continue
+            if k in skip:
+                continue
+            conv = self.convert(hints[k], v, f"{key}.{k}", device)
+            if conv is not _BAD:
+                out[k] = conv
+        for name, f in fields.items():
+            if (
+                name not in out
+                and name not in raw
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ):
+                self.err(f"{key}.{name}", "missing required key", device)
+        return out
+
+    def convert(self, hint: Any, v: Any, key: str, device: str) -> Any:
+        origin = get_origin(hint)
+        if origin is Literal:
+            options = get_args(hint)
+            if v not in options:
+                shown = ", ".join(repr(o) for o in options)
+                sugg = _suggest(str(v), [str(o) for o in options])
+                self.err(key, f"invalid value {v!r}: expected one of {shown}{sugg}", device)
+                return _BAD
+            return v
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in get_args(hint) if a is not type(None)]
+            return self.convert(args[0], v, key, device)
+        if hint is bool:
+            if not isinstance(v, bool):
+                self.err(key, f"expected true or false, got {v!r}", device)
+                return _BAD
+            return v
+        if hint is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                self.err(key, f"expected an integer, got {v!r}", device)
+                return _BAD
+            return v
+        if hint is float:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                self.err(key, f"expected a number, got {v!r}", device)
+                return _BAD
+            return float(v)
+        if hint is str:
+            if not isinstance(v, str):
+                self.err(key, f"expected a string, got {v!r}", device)
+                return _BAD
+            return v
+        if hint is Path:
+            if not isinstance(v, str) or not v:
+                self.err(key, f"expected a path string, got {v!r}", device)
+                return _BAD
+            return Path(v)
+        raise TypeError(f"unsupported config type {hint!r} at {key}")  # programming error, not user input
+
+    # -- sections ---------------------------------------------------------------------------------------------
+    def load(self, data: dict[str, Any], base_dir: Path) -> GatewayConfig | None:
+        for k in data:
+            if k not in _TOP_KEYS:
+                self.err(k, f"unknown top-level key{_suggest(k, _TOP_KEYS)}")
+        version = data.get("version")
+        if version is None:
+            self.warnings.append(f"{self.file}: no 'version' key; assuming version {CONFIG_VERSION}")
+        elif not isinstance(version, int) or isinstance(version, bool):
+            self.err("version", f"expected an integer, got {version!r}")
+        elif version > CONFIG_VERSION or version < 1:
+            self.err("version", f"unsupported config version {version} (this gateway reads 1..{CONFIG_VERSION})")
+
+        gw_raw = data.get("gateway")
+        gw: dict[str, Any] = {}
+        if gw_raw is None:
+            self.err("gateway", "missing required table [gateway] (with at least id = \"...\")")
+        elif not isinstance(gw_raw, dict):
+            self.err("gateway", "expected a table")
+        else:
+            for k, v in gw_raw.items():
+                if k not in _GATEWAY_SCALARS:
+                    self.err(f"gateway.{k}", f"unknown key{_suggest(k, _GATEWAY_SCALARS)}")
+                    continue
+                hint = typing.get_type_hints(GatewayConfig)[k]
+                conv = self.convert(hint, v, f"gateway.{k}", "")
+                if conv is not _BAD:
+                    gw[k] = conv
+            if "id" not in gw_raw:
+                self.err("gateway.id", "missing required key")
+            elif isinstance(gw.get("id"), str) and not gw["id"].strip():
+                self.err("gateway.id", "must not be empty")
+            lvl = gw.get("log_level")
+            if lvl is not None and str(lvl).upper() not in _LOG_LEVELS:
+                self.err("gateway.log_level", f"invalid value {lvl!r}: expected one of {', '.join(_LOG_LEVELS)}")
+            elif lvl is not None:
+                gw["log_level"] = str(lvl).upper()
+
+        storage = self.storage(data.get("storage", {}))
+        panel_kw = self.fill(PanelConfig, data.get("panel", {}), "panel")
+        if panel_kw is not None and not 0 <= panel_kw.get("port", 8080) <= 65535:
+            self.err("panel.port", "must be 0..65535 (0 disables the page)")
+        sinks = self.sinks(data.get("sinks", []))
+        templates = self.templates(data.get("templates", {}))
+        links = self.links(data.get("links", []), templates)
+
+        if self.problems:
+            return None
+        data_dir = gw.get("data_dir", Path("data"))
+        if not data_dir.is_absolute():
+            data_dir = base_dir / data_dir
+        return GatewayConfig(
+            id=gw["id"],
+            data_dir=data_dir,
+            log_level=gw.get("log_level", "INFO"),
+            links=tuple(links),
+            storage=storage or StorageConfig(),
+            sinks=tuple(sinks),
+            panel=PanelConfig(**(panel_kw or {})),
+        )
+
+    def storage(self, raw: Any) -> StorageConfig | None:
+        kw = self.fill(StorageConfig, raw, "storage")
+        if kw is None:
+            return None
+        if kw.get("disk_budget_mb", 1.0) <= 0:
+            self.err("storage.disk_budget_mb", "must be > 0")
+        if not 1 <= kw.get("commit_interval_ms", 250) <= 60_000:
+            self.err("storage.commit_interval_ms", "must be 1..60000")
+        if kw.get("queue_rows", 1_000_000) < 1000:
+            self.err("storage.queue_rows", "must be at least 1000")
+        return StorageConfig(**kw)
+
+    def sinks(self, raw: Any) -> list[SinkConfig]:
+        if not isinstance(raw, list):
+            self.err("sinks", "expected an array of tables: [[sinks]]")
+            return []
+        out: list[SinkConfig] = []
+        seen: set[str] = set()
+        for i, s in enumerate(raw):
+            label = s.get("name", i) if isinstance(s, dict) else i
+            key = f"sinks[{label}]"
+            kw = self.fill(SinkConfig, s, key)
+            if kw is None or "name" not in kw or "url" not in kw:
+                continue
+            if kw["name"] in seen:
+                self.err(f"{key}.name", f"duplicate sink name {kw['name']!r}")
+            seen.add(kw["name"])
+            if not str(kw["url"]).startswith(("http://", "https://")):
+                self.err(f"{key}.url", f"expected an http:// or https:// URL, got {kw['url']!r}")
+            if kw.get("batch_size", 1) < 1:
+                self.err(f"{key}.batch_size", "must be >= 1")
+            for f in ("max_interval_s", "timeout_s", "retry_max_s"):
+                if kw.get(f, 1.0) <= 0:
+                    self.err(f"{key}.{f}", "must be > 0")
+            out.append(SinkConfig(**kw))
+        return out
+
+    def templates(self, raw: Any) -> dict[str, dict[str, Any]]:
+        if not isinstance(raw, dict):
+            self.err("templates", "expected a table of templates: [templates.NAME]")
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for name, t in raw.items():
+            if not isinstance(t, dict):
+                self.err(f"templates.{name}", "expected a table")
+                continue
+            if "name" in t or "template" in t:
+                bad = "name" if "name" in t else "template"
+                self.err(f"templates.{name}.{bad}", "not allowed in a template")
+                continue
+            out[name] = t
+        return out
+
+    def links(self, raw: Any, templates: dict[str, dict[str, Any]]) -> list[LinkConfig]:
+        if not isinstance(raw, list):
+            self.err("links", "expected an array of tables: [[links]]")
+            return []
+        out: list[LinkConfig] = []
+        link_names: set[str] = set()
+        device_names: dict[str, str] = {}
+        tcp_endpoints: dict[tuple[str, int], str] = {}
+        for i, lr in enumerate(raw):
+            label = lr.get("name", i) if isinstance(lr, dict) else i
+            key = f"links[{label}]"
+            kw = self.fill(LinkConfig, lr, key, skip=("devices",))
+            if kw is None:
+                continue
+            name = kw.get("name")
+            if name in link_names:
+                self.err(f"{key}.name", f"duplicate link name {name!r}")
+            link_names.add(str(name))
+            proto = kw.get("protocol")
+            if proto == "modbus_tcp":
+                if not kw.get("host"):
+                    self.err(f"{key}.host", "required for protocol modbus_tcp")
+                if not 1 <= kw.get("port", 502) <= 65535:
+                    self.err(f"{key}.port", "must be 1..65535")
+                ep = (kw.get("host", ""), kw.get("port", 502))
+                if ep in tcp_endpoints:
+                    self.err(f"{key}.port", f"same host:port as link {tcp_endpoints[ep]!r}; put both devices on one link")
+                tcp_endpoints[ep] = str(name)
+            elif proto == "modbus_rtu":
+                if not kw.get("serial_port"):
+                    self.err(f"{key}.serial_port", "required for protocol modbus_rtu")
+                if kw.get("stopbits", 1) not in (1, 2):
+                    self.err(f"{key}.stopbits", "must be 1 or 2")
+                if kw.get("bytesize", 8) not in (7, 8):
+                    self.err(f"{key}.bytesize", "must be 7 or 8")
+                if kw.get("baudrate", 9600) <= 0:
+                    self.err(f"{key}.baudrate", "must be > 0")
+            for f in ("connect_timeout_s", "reconnect_min_s", "reconnect_max_s"):
+                if kw.get(f, 1.0) <= 0:
+                    self.err(f"{key}.{f}", "must be > 0")
+            if kw.get("reconnect_min_s", 0.5) > kw.get("reconnect_max_s", 30.0):
+                self.err(f"{key}.reconnect_min_s", "must not exceed reconnect_max_s")
+            devs_raw = lr.get("devices", []) if isinstance(lr, dict) else []
+            devices: list[DeviceConfig] = []
+            if not isinstance(devs_raw, list):
+                self.err(f"{key}.devices", "expected an array of tables: [[links.devices]]")
+                devs_raw = []
+            units: set[int] = set()
+            for j, dr in enumerate(devs_raw):
+                dev = self.device(dr, f"{key}.devices", j, templates)
+                if dev is None:
+                    continue
+                dkey = f"{key}.devices[{dev.name}]"
+                if dev.name in device_names:
+                    self.err(f"{dkey}.name", f"duplicate device name (also on link {device_names[dev.name]!r})", dev.name)
+                device_names[dev.name] = str(name)
+                if dev.unit_id in units:
+                    self.err(f"{dkey}.unit_id", f"unit id {dev.unit_id} used twice on this link", dev.name)
+                units.add(dev.unit_id)
+                devices.append(dev)
+            if self.problems:
+                continue
+            out.append(LinkConfig(**kw, devices=tuple(devices)))
+        return out
+
+    def device(
+        self, raw: Any, parent: str, index: int, templates: dict[str, dict[str, Any]]
+    ) -> DeviceConfig | None:
+        if not isinstance(raw, dict):
+            self.err(f"{parent}[{index}]", "expected a table")
+            return None
+        name = raw.get("name", "")
+        key = f"{parent}[{name or index}]"
+        merged = dict(raw)
+        tname = raw.get("template")
+        if tname is not None:
+            if tname not in templates:
+                self.err(f"{key}.template", f"no template {tname!r}{_suggest(str(tname), templates)}", str(name))
+                return None
+            merged = {**templates[tname], **{k: v for k, v in raw.items() if k != "template"}}
+            if "points" in raw and "points" in templates[tname]:
+                merged["points"] = [*templates[tname]["points"], *raw["points"]]
+        kw = self.fill(DeviceConfig, merged, key, device=str(name), skip=("points",), extra_allowed=("template",))
+        if kw is None or "name" not in kw:
+            return None
+        dn = kw["name"]
+        if "." in dn or not dn.strip():
+            self.err(f"{key}.name", "device names must be non-empty and contain no '.'", dn)
+        if not 0 <= kw.get("unit_id", 1) <= 247:
+            self.err(f"{key}.unit_id", f"must be 0..247, got {kw.get('unit_id')}", dn)
+        if not 1 <= kw.get("max_registers_per_request", 125) <= 125:
+            self.err(f"{key}.max_registers_per_request", "must be 1..125 (Modbus limit)", dn)
+        if not 1 <= kw.get("max_bits_per_request", 2000) <= 2000:
+            self.err(f"{key}.max_bits_per_request", "must be 1..2000 (Modbus limit)", dn)
+        if kw.get("max_gap", 0) < 0:
+            self.err(f"{key}.max_gap", "must be >= 0", dn)
+        for f in ("timeout_s", "backoff_min_s", "backoff_max_s", "stale_after_periods"):
+            if kw.get(f, 1.0) <= 0:
+                self.err(f"{key}.{f}", "must be > 0", dn)
+        points_raw = merged.get("points", [])
+        if not isinstance(points_raw, list):
+            self.err(f"{key}.points", "expected an array of tables: [[links.devices.points]]", dn)
+            points_raw = []
+        if not points_raw:
+            self.err(f"{key}.points", "device has no points", dn)
+        points: list[PointConfig] = []
+        seen: set[str] = set()
+        for k, pr in enumerate(points_raw):
+            p = self.point(pr, f"{key}.points", k, dn, kw.get("max_registers_per_request", 125))
+            if p is None:
+                continue
+            if p.name in seen:
+                self.err(f"{key}.points[{p.name}].name", "duplicate point name in this device", dn)
+            seen.add(p.name)
+            points.append(p)
+        return DeviceConfig(**kw, points=tuple(points))
+
+    def point(self, raw: Any, parent: str, index: int, device: str, max_regs: int) -> PointConfig | None:
+        label = raw.get("name", index) if isinstance(raw, dict) else index
+        key = f"{parent}[{label}]"
+        kw = self.fill(PointConfig, raw, key, device=device)
+        if kw is None or not {"name", "kind", "address"} <= kw.keys():
+            return None
+        kind, typ = kw["kind"], kw.get("type")
+        if kind in ("coil", "discrete"):
+            if typ not in (None, "bool"):
+                self.err(f"{key}.type", f"a {kind} is one bit: type must be 'bool' (or left out)", device)
+            kw["type"] = "bool"
+        words = DTYPE_WORDS.get(kw.get("type", "uint16"), 1)
+        addr = kw["address"]
+        if not 0 <= addr <= 65535 or addr + words - 1 > 65535:
+            self.err(f"{key}.address", f"must be 0..65535 (and the value must fit), got {addr}", device)
+        if words > max_regs and kind in ("input", "holding"):
+            self.err(f"{key}.type", f"{words} registers exceed max_registers_per_request={max_regs}", device)
+        if kw.get("period_s", 1.0) <= 0:
+            self.err(f"{key}.period_s", "must be > 0", device)
+        if kw.get("deadband", 0.0) < 0:
+            self.err(f"{key}.deadband", "must be >= 0", device)
+        if kw.get("scale", 1.0) == 0:
+            self.err(f"{key}.scale", "must not be 0", device)
+        if kw.get("writable") and kind not in ("coil", "holding"):
+            self.err(f"{key}.writable", f"only coil and holding points can be written, not {kind}", device)
+        if "." in kw["name"] or not kw["name"].strip():
+            self.err(f"{key}.name", "point names must be non-empty and contain no '.'", device)
+        return PointConfig(**kw)
+
+
+class _Bad:
+    pass
+
+
+_BAD = _Bad()
+
+
+def parse_config(data: Mapping[str, Any], file: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
+    """Validate an already-parsed TOML document. Raises :class:`ConfigError` with every problem."""
+    loader = _Loader(file)
+    cfg = loader.load(dict(data), base_dir or Path.cwd())
+    if cfg is None:
+        raise ConfigError(loader.problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> tuple[GatewayConfig, list[str]]:
+    """Read and validate ``path``. Returns the config and warnings (e.g. a missing version that was assumed)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError([ConfigProblem(str(p), "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigFileError([ConfigProblem(str(p), "", f"cannot read file: {e}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigFileError([ConfigProblem(str(p), "", f"not valid TOML: {e}")]) from None
+    loader = _Loader(str(p))
+    cfg = loader.load(data, p.resolve().parent)
+    if cfg is None:
+        raise ConfigError(loader.problems)
+    return dataclasses.replace(cfg, source=p), loader.warnings

@@ -1,0 +1,33 @@
+"""Latest value of every point, kept in numpy arrays indexed by point id (no object per point).
+
+Written by the event-loop thread (runners' emit); read by the status page on the same thread. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.model import ReadingBatch
+
+
+class LatestTable:
+    def __init__(self, max_id: int) -> None:
+        n = max_id + 1
+        self.ts = np.zeros(n, dtype=np.int64)  # UTC ns of the latest reading (0 = never)
+        self.value = np.full(n, np.nan, dtype=np.float64)
+        self.quality = np.zeros(n, dtype=np.uint16)
+        self.received_ns = np.zeros(n, dtype=np.int64)  # gateway wall time the latest reading was emitted
+
+    def update(self, batch: ReadingBatch, now_ns: int) -> None:
+        """Take the batch's rows; for a point appearing twice the later row wins."""
+        if len(batch) == 0:
+            return
+        pid = batch.point_id
+        ok = (pid >= 0) & (pid < len(self.ts))
+        if not ok.all():
+            pid = pid[ok]
+            batch = ReadingBatch(batch.ts[ok], pid, batch.value[ok], batch.quality[ok])
+        self.ts[pid] = batch.ts
+        self.value[pid] = batch.value
+        self.quality[pid] = batch.quality
+        self.received_ns[pid] = now_ns

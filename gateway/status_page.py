@@ -1,0 +1,137 @@
+"""Minimal local status page: devices with comm state, latest values with decoded quality and age, sync backlog.
+
+One handler serves HTML to people and JSON to tools (``Accept: application/json`` or ``?format=json``); the HTML
+refreshes itself every 2 s and needs no JavaScript, no CDN. The full operator panel is a later issue.
+Runs on the gateway's event loop; reads only in-memory state and cheap store counters.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.model import describe_quality, validity
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#1d2733;background:#f6f8fa}
+h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.1rem;margin:1.2rem 0 .4rem}
+table{border-collapse:collapse;background:#fff;font-size:.9rem;min-width:40rem}
+th,td{padding:.25rem .6rem;border-bottom:1px solid #e3e8ee;text-align:left}
+th{background:#eef2f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#0a7d32;font-weight:600}.bad{color:#b42318;font-weight:600}.warn{color:#a15c00;font-weight:600}
+.muted{color:#667085}.grid{display:flex;gap:2rem;flex-wrap:wrap}
+"""
+
+
+def _fmt_age(now_ns: int, ts_ns: int) -> str:
+    if ts_ns <= 0:
+        return "never"
+    s = (now_ns - ts_ns) / 1e9
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _fmt_value(v: float) -> str:
+    if v != v:  # NaN
+        return "—"
+    return f"{v:.6g}" if abs(v) < 1e6 else f"{v:.4e}"
+
+
+def point_rows(gw: Gateway) -> list[dict[str, Any]]:
+    latest = gw.latest
+    if latest is None:
+        return []
+    now = gw.wall_ns()
+    rows = []
+    for p in gw.points:
+        i = gw.point_ids[p.name]
+        q = int(latest.quality[i])
+        ts = int(latest.ts[i])
+        rows.append(
+            {
+                "point": p.name,
+                "value": None if ts == 0 else float(latest.value[i]),
+                "unit": p.unit,
+                "quality": q,
+                "quality_text": describe_quality(q) if ts else "no data",
+                "validity": validity(q) if ts else "none",
+                "ts_ns": ts,
+                "age_s": (now - ts) / 1e9 if ts else None,
+            }
+        )
+    return rows
+
+
+def _state_class(state: str) -> str:
+    return {"ok": "ok", "starting": "warn", "backoff": "bad", "disconnected": "bad"}.get(state, "warn")
+
+
+def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]]) -> str:
+    e = html.escape
+    now = int(status["now_ns"])
+    dev_rows = "".join(
+        f"<tr><td>{e(str(d.get('device', '')))}</td><td>{e(str(d.get('link', '')))}</td>"
+        f"<td class='{_state_class(str(d.get('state', '')))}'>{e(str(d.get('state', '')))}</td>"
+        f"<td>{_fmt_age(now, int(d.get('last_good_ns') or 0))}</td>"
+        f"<td class='num'>{d.get('polls', 0)}</td><td class='num'>{d.get('errors', 0)}</td>"
+        f"<td class='num'>{d.get('reconnects', 0)}</td></tr>"
+        for d in status["devices"]
+    )
+    sink_rows = "".join(
+        f"<tr><td>{e(str(s.get('sink', s.get('name', ''))))}</td>"
+        f"<td class='{'ok' if s.get('state') in ('ok', 'idle') else 'bad'}'>{e(str(s.get('state', '')))}</td>"
+        f"<td class='num'>{s.get('backlog', 0)}</td><td class='num'>{s.get('last_ack_seq', 0)}</td>"
+        f"<td>{_fmt_age(now, int(s.get('last_ack_wall_ns') or 0))}</td>"
+        f"<td class='muted'>{e(str(s.get('last_error') or ''))}</td></tr>"
+        for s in status["sinks"]
+    )
+    pt_rows = "".join(
+        f"<tr><td>{e(p['point'])}</td><td class='num'>{_fmt_value(p['value']) if p['value'] is not None else '—'}</td>"
+        f"<td>{e(p['unit'])}</td>"
+        f"<td class='{'ok' if p['validity'] == 'good' else 'bad' if p['validity'] == 'invalid' else 'warn'}'>"
+        f"{e(p['quality_text'])}</td><td>{_fmt_age(now, p['ts_ns'])}</td></tr>"
+        for p in points
+    )
+    st = status["store"]
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="2"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{e(status['gateway_id'])} — gateway status</title><style>{_CSS}</style></head><body>
+<h1>Gateway {e(status['gateway_id'])}</h1>
+<p class="muted">up {_fmt_age(now, int(status['started_ns']))} · store: {st.get('rows', 0)} readings,
+{st.get('queued_rows', 0)} queued · this page refreshes every 2 s · JSON: <a href="?format=json">?format=json</a></p>
+<div class="grid"><div><h2>Devices</h2><table><tr><th>device</th><th>link</th><th>comm</th><th>last good poll</th>
+<th>polls</th><th>errors</th><th>reconnects</th></tr>{dev_rows}</table></div>
+<div><h2>Cloud sync</h2><table><tr><th>sink</th><th>state</th><th>backlog (rows)</th><th>last acked seq</th>
+<th>last ack</th><th>last error</th></tr>{sink_rows}</table></div></div>
+<h2>Latest values</h2><table><tr><th>point</th><th>value</th><th>unit</th><th>quality</th><th>age</th></tr>
+{pt_rows}</table></body></html>"""
+
+
+def build_status_app(gw: Gateway) -> Starlette:
+    async def index(request: Request) -> Response:
+        status = gw.status()
+        points = point_rows(gw)
+        wants_json = (
+            request.url.path.startswith("/api/")
+            or request.query_params.get("format") == "json"
+            or "application/json" in request.headers.get("accept", "")
+        )
+        if wants_json:
+            return JSONResponse({**status, "points": points})
+        return HTMLResponse(render_html(gw, status, points))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True, "gateway_id": gw.cfg.id})
+
+    return Starlette(routes=[Route("/", index), Route("/api/status", index), Route("/healthz", healthz)])

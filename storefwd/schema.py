@@ -1,0 +1,76 @@
+"""Table definitions of the store file and the DuckDB settings it is opened with.
+
+Units: every ``ts``/``*_ns`` column is UTC epoch nanoseconds (BIGINT); ``seq`` columns start at 1.
+See ``docs/storage.md`` for the reasoning behind each choice.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Version of the table layout below, kept in ``meta('schema_version')``. Bump it (and add a migration in
+# store.py) whenever a table changes. A file with a higher version is refused (StoreVersionError).
+SCHEMA_VERSION: Final = 1
+
+# DuckDB storage format the file is written in. DuckDB 2.0 writes format "v2.0.0" by default, which no 1.x
+# release can open. v1.2.0 is the oldest format readable by every DuckDB this project supports
+# (pyproject: duckdb>=1.2), including the 1.4 LTS line; the file header then carries version number 65.
+STORAGE_VERSION: Final = "v1.2.0"
+
+# Header version number DuckDB writes for STORAGE_VERSION (bytes 12..19 of the file, little-endian u64).
+STORAGE_VERSION_NUMBER: Final = 65
+
+# Settings passed to duckdb.connect(). ``fsync_mode`` STANDARD (the default, stated here so it is never lost)
+# makes every COMMIT fsync the WAL (or the checkpointed file) before it returns.
+DUCKDB_CONFIG: Final[dict[str, str]] = {
+    "storage_compatibility_version": STORAGE_VERSION,
+    "fsync_mode": "STANDARD",
+}
+
+# No PRIMARY KEY / index on readings: an ART index on seq costs ingest speed and memory, while seq is
+# assigned in increasing order so DuckDB's zonemaps already make ``seq > x ORDER BY seq LIMIT n`` cheap.
+DDL: Final[tuple[str, ...]] = (
+    """CREATE TABLE IF NOT EXISTS meta (
+        key   VARCHAR PRIMARY KEY,
+        value VARCHAR NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS points (
+        id     INTEGER PRIMARY KEY,
+        name   VARCHAR NOT NULL UNIQUE,
+        device VARCHAR NOT NULL,
+        point  VARCHAR NOT NULL,
+        unit   VARCHAR NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS readings (
+        seq      BIGINT    NOT NULL,
+        ts       BIGINT    NOT NULL,
+        point_id INTEGER   NOT NULL,
+        value    DOUBLE    NOT NULL,
+        quality  USMALLINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq      BIGINT   NOT NULL,
+        ts       BIGINT   NOT NULL,
+        priority SMALLINT NOT NULL,
+        kind     VARCHAR  NOT NULL,
+        device   VARCHAR  NOT NULL,
+        point    VARCHAR  NOT NULL,
+        message  VARCHAR  NOT NULL,
+        data     VARCHAR  NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        sink       VARCHAR PRIMARY KEY,
+        acked_seq  BIGINT  NOT NULL,
+        updated_ns BIGINT  NOT NULL
+    )""",
+)
+
+# meta keys
+META_SCHEMA_VERSION: Final = "schema_version"
+META_STORAGE_VERSION: Final = "storage_version"
+META_READING_SEQ: Final = "reading_seq"  # highest reading seq ever committed (survives future eviction)
+META_EVENT_SEQ: Final = "event_seq"  # highest event seq ever committed
+META_CREATED_NS: Final = "created_ns"
+
+READING_COLUMNS: Final = ("seq", "ts", "point_id", "value", "quality")
+EVENT_COLUMNS: Final = ("seq", "ts", "priority", "kind", "device", "point", "message", "data")

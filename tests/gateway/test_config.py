@@ -1,0 +1,193 @@
+"""Config loading: every kind of mistake gives a message naming the file, the key path and the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway import config as C
+from gateway.cli import main
+from gateway.config_load import ConfigError, ConfigFileError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "gateway" / "configs" / "demo.toml"
+
+GOOD = """
+version = 1
+[gateway]
+id = "gw-test"
+
+[[sinks]]
+name = "cloud"
+url = "http://127.0.0.1:9/v1/batches"
+
+[[links]]
+name = "line1"
+protocol = "modbus_tcp"
+host = "127.0.0.1"
+port = 1502
+
+[[links.devices]]
+name = "feeder1"
+unit_id = 1
+
+[[links.devices.points]]
+name = "Ia"
+kind = "input"
+address = 0
+type = "float32"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "site.toml"
+    p.write_text(text)
+    return p
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    return [str(x) for x in ei.value.problems]
+
+
+def test_good_config_loads(tmp_path: Path) -> None:
+    cfg, warnings = load_config(write(tmp_path, GOOD))
+    assert warnings == []
+    assert cfg.id == "gw-test"
+    assert cfg.data_dir == tmp_path / "data"
+    (link,) = cfg.links
+    (dev,) = link.devices
+    assert dev.points[0] == C.PointConfig(name="Ia", kind="input", address=0, type="float32")
+    assert cfg.sinks[0].batch_size == 50_000
+
+
+def test_demo_config_is_valid() -> None:
+    cfg, warnings = load_config(DEMO)
+    assert warnings == []
+    assert [d.name for _, d in cfg.devices()] == ["feeder1", "feeder2", "feeder3", "incomer"]
+    assert len(cfg.devices()[0][1].points) == 17
+
+
+def test_misspelt_key_names_file_key_device_and_suggestion(tmp_path: Path) -> None:
+    (msg,) = problems(tmp_path, GOOD.replace("unit_id = 1", "unti_id = 1"))
+    assert str(tmp_path / "site.toml") in msg
+    assert "links[line1].devices[feeder1].unti_id" in msg
+    assert "(device feeder1)" in msg
+    assert "did you mean 'unit_id'?" in msg
+
+
+def test_bad_enum_value_suggests(tmp_path: Path) -> None:
+    (msg,) = problems(tmp_path, GOOD.replace('type = "float32"', 'type = "float"'))
+    assert "links[line1].devices[feeder1].points[Ia].type" in msg
+    assert "device feeder1" in msg
+    assert "did you mean 'float32' or 'float64'?" in msg
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        GOOD.replace("unit_id = 1", "unit_id = 300")
+        .replace("address = 0", "address = -1")
+        .replace('protocol = "modbus_tcp"', 'protocol = "modbus_tcp"\nbaud = 9600')
+    )
+    msgs = problems(tmp_path, text)
+    joined = "\n".join(msgs)
+    assert len(msgs) == 3, joined
+    assert "unit_id (device feeder1): must be 0..247, got 300" in joined
+    assert "points[Ia].address (device feeder1)" in joined
+    assert "links[line1].baud: unknown key; did you mean 'baudrate'?" in joined
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('id = "gw-test"', ""), "gateway.id: missing required key"),
+        (('host = "127.0.0.1"', ""), "links[line1].host: required for protocol modbus_tcp"),
+        (("port = 1502", 'port = "1502"'), "links[line1].port: expected an integer, got '1502'"),
+        (('kind = "input"', 'kind = "coil"'), "points[Ia].type (device feeder1): a coil is one bit"),
+        (('url = "http', 'url = "ftp'), "sinks[cloud].url: expected an http:// or https:// URL"),
+        (("version = 1", "version = 9"), "version: unsupported config version 9"),
+        (("[gateway]", "[gatway]"), "gatway: unknown top-level key; did you mean 'gateway'?"),
+        (('type = "float32"', 'type = "float32"\nwritable = true'), "only coil and holding points can be written"),
+    ],
+)
+def test_each_mistake_has_its_message(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    msgs = problems(tmp_path, GOOD.replace(*change))
+    assert any(expected in m for m in msgs), msgs
+    assert all(str(tmp_path / "site.toml") in m for m in msgs)
+
+
+def test_duplicate_device_and_point_names(tmp_path: Path) -> None:
+    text = GOOD + GOOD[GOOD.index("[[links.devices]]") :].replace("unit_id = 1", "unit_id = 2")
+    msgs = problems(tmp_path, text)
+    assert any("duplicate device name" in m and "device feeder1" in m for m in msgs), msgs
+
+
+def test_template_unknown_name_suggests(tmp_path: Path) -> None:
+    text = (
+        GOOD.replace("[[links]]", '[templates.relay]\npoints = [{ name = "Ia", kind = "input", address = 0 }]\n[[links]]')
+        .replace("unit_id = 1", 'unit_id = 1\ntemplate = "rely"')
+    )
+    msgs = problems(tmp_path, text)
+    assert any("template" in m and "did you mean 'relay'?" in m for m in msgs), msgs
+
+
+def test_template_points_are_merged(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "[[links]]", '[templates.relay]\ntimeout_s = 0.2\npoints = [{ name = "Va", kind = "input", address = 8 }]\n[[links]]'
+    ).replace("unit_id = 1", 'unit_id = 1\ntemplate = "relay"')
+    cfg, _ = load_config(write(tmp_path, text))
+    dev = cfg.devices()[0][1]
+    assert dev.timeout_s == 0.2
+    assert [p.name for p in dev.points] == ["Va", "Ia"]
+
+
+def test_missing_version_warns(tmp_path: Path) -> None:
+    _, warnings = load_config(write(tmp_path, GOOD.replace("version = 1", "")))
+    assert warnings and "no 'version' key" in warnings[0]
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigFileError, match="not valid TOML"):
+        load_config(write(tmp_path, "[gateway\nid="))
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, GOOD)
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "1 link" in out and "1 device" in out and "1 point" in out and "requests/s" in out
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("unit_id = 1", "unti_id = 1"))
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "did you mean 'unit_id'?" in err and "1 error(s)" in err
+
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 3
+    assert "file not found" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2
+
+
+def _all_setting_names() -> set[str]:
+    names: set[str] = set()
+    for cls in (C.GatewayConfig, C.StorageConfig, C.PanelConfig, C.SinkConfig, C.LinkConfig, C.DeviceConfig, C.PointConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in ("source", "links", "storage", "sinks", "panel", "devices", "points"):
+                continue
+            names.add(f.name)
+    return names
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (REPO / "docs" / "config.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", doc, flags=re.M))
+    missing = _all_setting_names() - documented
+    assert not missing, f"settings missing from docs/config.md: {sorted(missing)}"
+    assert "version" in documented and "template" in documented
