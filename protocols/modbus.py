@@ -1,38 +1,35 @@
 """Modbus TCP/RTU driver: read planning, vectorised decoding, and an async client over pymodbus.
 
-The driver does I/O only: it never sleeps, retries, buffers or schedules (that is :mod:`gateway.runner`'s job).
+The driver does I/O only: it never sleeps, retries, buffers or schedules (:mod:`gateway.runner` does).
 
 Read planning
 -------------
 :func:`plan_reads` coalesces one device's points of one poll period into as few requests as the protocol
 allows: one table at a time (coil FC1, discrete FC2, holding FC3, input FC4), blocks of at most
 ``device.max_registers_per_request`` (≤125) registers or ``device.max_bits_per_request`` (≤2000) bits,
-bridging unused gaps of at most ``device.max_gap`` registers/bits. A multi-word value is never split across two
-requests, so every value is read from one response (one snapshot); values in *different* blocks of the same
-poll come from different responses and may be a few milliseconds apart.
+bridging unused gaps of at most ``device.max_gap`` registers/bits. A multi-word value is never split across
+two requests, so every value is read from one response (one snapshot); values in *different* blocks of the
+same poll come from different responses and may be a few milliseconds apart.
 
 Decoding
 --------
-Each :class:`ReadBlock` precomputes numpy index arrays at plan time. Decoding a response is: uint16 registers →
-big-endian bytes → one fancy-index gather per data type (word and byte order are baked into the indices) →
-``.view(dtype)`` → float64 → ``raw * scale + offset``. No Python object is created per point.
+Each :class:`ReadBlock` precomputes numpy index arrays at plan time. Decoding a response is: uint16
+registers → big-endian bytes → one fancy-index gather per data type (word and byte order are baked into
+the indices) → ``.view(dtype)`` → float64 → ``raw * scale + offset``. No Python object is created per point.
 
 Outcome → quality (all Modbus readings also carry ``Q.GATEWAY_TIME``: Modbus has no source time)
 -----------------------------------------------------------------------------------------------
-=============================================  ==========================================  =================
-outcome                                        exception                                   quality
-=============================================  ==========================================  =================
-no response within ``device.timeout_s``        :class:`DeviceTimeout`                      QUESTIONABLE|OLD_DATA|FAILURE
-exception 0x0A / 0x0B (gateway path/target)    :class:`DeviceTimeout` (``.code`` set)      QUESTIONABLE|OLD_DATA|FAILURE
-link not connected / connection lost           :class:`LinkDown`                           QUESTIONABLE|OLD_DATA|FAILURE
-exception 1 (illegal function)                 :class:`ModbusExceptionResponse`            INVALID|BAD_REFERENCE
-exception 2 (illegal data address)             :class:`ModbusExceptionResponse`            INVALID|BAD_REFERENCE
-exception 3 (illegal data value)               :class:`ModbusExceptionResponse`            INVALID|INCONSISTENT
-exception 4 (server device failure)            :class:`ModbusExceptionResponse`            INVALID|FAILURE
-exception 5 / 6 (acknowledge / busy)           :class:`ModbusExceptionResponse`            QUESTIONABLE|OLD_DATA
-other exception codes                          :class:`ModbusExceptionResponse`            INVALID|FAILURE
-bytes arrived but no valid response (garbage)  :class:`MalformedResponse`                  INVALID|INCONSISTENT
-=============================================  ==========================================  =================
+- no response within ``device.timeout_s`` → :class:`DeviceTimeout` → QUESTIONABLE|OLD_DATA|FAILURE
+- exception 0x0A/0x0B (gateway path/target failed) → :class:`DeviceTimeout` (``.code`` set)
+  → QUESTIONABLE|OLD_DATA|FAILURE
+- link not connected / connection lost → :class:`LinkDown` → QUESTIONABLE|OLD_DATA|FAILURE
+- exception 1 (illegal function), 2 (illegal data address) → :class:`ModbusExceptionResponse`
+  → INVALID|BAD_REFERENCE
+- exception 3 (illegal data value) → INVALID|INCONSISTENT
+- exception 4 (server device failure) and any other code → INVALID|FAILURE
+- exception 5/6 (acknowledge / busy) → QUESTIONABLE|OLD_DATA
+- bytes arrived but no valid response (garbage, wrong length) → :class:`MalformedResponse`
+  → INVALID|INCONSISTENT
 
 The runner decides what to do with each (keep last value, emit once on the transition, back off the device).
 
@@ -132,10 +129,10 @@ def exception_quality(code: int) -> int:
     return _EXCEPTION_QUALITY.get(code, int(Q.INVALID | Q.FAILURE))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Errors. One base class; ``quality`` tells the runner what to stamp on the affected points, ``no_response``
 # whether the device (or the link) failed to answer at all (the runner backs such a device off).
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class ModbusError(Exception):
@@ -179,9 +176,9 @@ class MalformedResponse(ModbusError):
     quality = Q_GARBAGE
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Planning and decoding (pure functions; no I/O)
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def point_words(point: PointConfig) -> int:
@@ -349,7 +346,7 @@ def plan_device(device: DeviceConfig) -> dict[float, list[ReadBlock]]:
 
 
 def requests_per_second(device: DeviceConfig) -> float:
-    """Read requests per second the device's plan issues when every poll runs (for ``gateway check-config``)."""
+    """Read requests/s the device's plan issues when every poll runs (for ``gateway check-config``)."""
     return sum(len(blocks) / period for period, blocks in plan_device(device).items() if period > 0)
 
 
@@ -388,17 +385,17 @@ def encode_value(point: PointConfig, value: float) -> list[int]:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Async client
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class ModbusClient:
     """Async Modbus TCP or RTU client for one link (one socket / one serial port).
 
-    Owned and called by exactly one task (the link runner); requests are issued one at a time. ``connect`` and
-    ``close`` are idempotent. A request raises a :class:`ModbusError` subclass on any failure and never retries;
-    pymodbus' own retries, automatic reconnect and "close after N timeouts" are disabled.
+    Owned and called by exactly one task (the link runner); requests are issued one at a time. ``connect``
+    and ``close`` are idempotent. A request raises a :class:`ModbusError` subclass on any failure and never
+    retries; pymodbus' own retries, automatic reconnect and "close after N timeouts" are disabled.
     """
 
     def __init__(self, link: LinkConfig) -> None:
@@ -532,7 +529,8 @@ class ModbusClient:
                                     lambda c: c.read_input_registers(addr, count=count, device_id=uid))
             data = resp.registers
         elif block.kind == "coil":
-            resp = await self._call(device.timeout_s, lambda c: c.read_coils(addr, count=count, device_id=uid))
+            resp = await self._call(device.timeout_s,
+                                    lambda c: c.read_coils(addr, count=count, device_id=uid))
             data = resp.bits
         else:
             resp = await self._call(device.timeout_s,

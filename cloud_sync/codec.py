@@ -1,0 +1,491 @@
+"""Wire format of one upload: an Arrow IPC stream (zstd-compressed buffers), lossless and self-contained.
+
+Format ``gwsync/1`` (documented for receivers in ``docs/ingestion.md``):
+
+- Schema metadata: ``format`` = ``gwsync/1``, ``gateway_id``, and informational ``rows``/``first_seq``/
+  ``last_seq``.
+- One or more record batches of the fixed schema :data:`WIRE_SCHEMA`. Rows are sorted by ``(point_id, seq)``
+  so a point's successive values and timestamps are adjacent; the receiver gets them back ordered by seq.
+
+  ====================  =====================================================================================
+  ``point``             dictionary<int32, struct<id int32, name, device, point, unit>>: each row's point;
+                        the dictionary lists exactly the points present (sorted by id). ``name`` is null when
+                        it is ``device + "." + point``; ``device``/``point`` null: the gateway has no name.
+  ``seq_delta``         int64: ``seq[i] - seq[i-1]`` (``seq[-1]`` = 0), two's-complement wrapping.
+  ``ts_delta``          int64: same for ``ts`` (UTC epoch ns).
+  ``value_code``        int8: how to rebuild ``value`` from ``k`` (below): 0..6: ``k * 1e-c`` (multiplication
+                        by the float64 nearest 10^-c); 16..22: ``k / 1e(c-16)``; 127: the raw bits in
+                        ``value_raw_b*``.
+  ``value_int_delta``   int64: ``k[i] - k[i-1]`` (wrapping); rows with code 127 repeat the previous ``k``.
+  ``value_raw_b0..b7``  uint8: byte plane j (little-endian) of the float64 bits of code-127 rows, else 0
+                        (byte-stream split: the planes compress separately).
+  ``quality``           uint16: the quality word.
+  ====================  =====================================================================================
+
+Values from scaled integer registers (``raw * 0.1``) become small integers ``k`` that compress to 1-2 bytes;
+everything else (NaN, ±inf, -0.0, arbitrary doubles) travels as raw bits. The encoder checks every row's
+rebuilt bits, so decoding is bit-exact by construction.
+
+Thread-safety: every function here is pure (CPU only, no I/O) and may run in any thread; the uploader and
+the receiver call them via ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from cloud_sync.errors import CodecError, PayloadTooLarge
+from gateway.model import PointInfo
+
+FORMAT: Final = "gwsync/1"
+CONTENT_TYPE: Final = "application/vnd.apache.arrow.stream"
+MAX_GATEWAY_ID_LEN: Final = 128
+
+# The store's row layout, which is also what decode_batch() returns.
+READINGS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),
+        pa.field("point_id", pa.int32(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("quality", pa.uint16(), nullable=False),
+    ]
+)
+
+# Points of a decoded batch: name is filled in (device.point) unless the gateway sent no name at all.
+POINTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("point_id", pa.int32(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("point", pa.string()),
+        pa.field("unit", pa.string()),
+    ]
+)
+
+_STR_DICT: Final = pa.dictionary(pa.int32(), pa.string())
+POINT_STRUCT: Final = pa.struct(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("device", _STR_DICT),
+        pa.field("point", _STR_DICT),
+        pa.field("unit", _STR_DICT),
+    ]
+)
+_RAW_PLANES: Final = [f"value_raw_b{j}" for j in range(8)]
+WIRE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("point", pa.dictionary(pa.int32(), POINT_STRUCT), nullable=False),
+        pa.field("seq_delta", pa.int64(), nullable=False),
+        pa.field("ts_delta", pa.int64(), nullable=False),
+        pa.field("value_code", pa.int8(), nullable=False),
+        pa.field("value_int_delta", pa.int64(), nullable=False),
+        *[pa.field(n, pa.uint8(), nullable=False) for n in _RAW_PLANES],
+        pa.field("quality", pa.uint16(), nullable=False),
+    ]
+)
+
+MAX_EXP: Final = 6
+CODE_RAW: Final = 127
+_DIV_BASE: Final = 16
+# float64 constants, parsed (correctly rounded) so encoder and decoder use bit-identical factors
+_MUL: Final = np.array([float(f"1e-{e}") for e in range(MAX_EXP + 1)], dtype=np.float64)
+_DIV: Final = np.array([float(f"1e{e}") for e in range(MAX_EXP + 1)], dtype=np.float64)
+# candidate codes, in order of preference (ties go to the earlier one)
+_CODES: Final = [0, *[c for e in range(1, MAX_EXP + 1) for c in (e, _DIV_BASE + e)]]
+_EXACT_INT: Final = float(2**53)
+
+_U64 = npt.NDArray[np.uint64]
+_I64 = npt.NDArray[np.int64]
+
+
+# --------------------------------------------------------------------------------------------- points
+class PointCatalog:
+    """The gateway's point names prepared for encoding (built once, reused for every batch).
+
+    Immutable after construction; safe to share between threads.
+    """
+
+    def __init__(self, infos: Mapping[int, PointInfo]) -> None:
+        ids = sorted(int(i) for i in infos)
+        self.ids: npt.NDArray[np.int32] = np.array(ids, dtype=np.int32)
+        rows = [infos[i] for i in ids]
+        self._name = pa.array(
+            [None if p.name == f"{p.device}.{p.point}" else p.name for p in rows], type=pa.string()
+        )
+        self._device = pa.array([p.device for p in rows], type=pa.string()).dictionary_encode()
+        self._point = pa.array([p.point for p in rows], type=pa.string()).dictionary_encode()
+        self._unit = pa.array([p.unit for p in rows], type=pa.string()).dictionary_encode()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def missing(self, ids: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+        """The ids (sorted, unique) that the catalog has no name for."""
+        u = np.unique(ids)
+        return u[~np.isin(u, self.ids)]
+
+    def struct_for(self, ids: npt.NDArray[np.int32]) -> pa.StructArray:
+        """Dictionary values for sorted unique ``ids``; unknown ids get null names."""
+        pos = np.searchsorted(self.ids, ids)
+        pos_c = np.minimum(pos, max(len(self.ids) - 1, 0))
+        found = (
+            (pos < len(self.ids)) & (self.ids[pos_c] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        )
+        take = pa.array(pos_c.astype(np.int32), mask=~found)
+        id_arr = pa.array(ids.astype(np.int32))
+        if len(self.ids) == 0:
+            nulls = pa.nulls(len(ids), pa.string())
+            return pa.StructArray.from_arrays(
+                [
+                    id_arr,
+                    nulls,
+                    nulls.dictionary_encode(),
+                    nulls.dictionary_encode(),
+                    nulls.dictionary_encode(),
+                ],
+                fields=list(POINT_STRUCT),
+            )
+        return pa.StructArray.from_arrays(
+            [
+                id_arr,
+                self._name.take(take),
+                self._device.take(take),
+                self._point.take(take),
+                self._unit.take(take),
+            ],
+            fields=list(POINT_STRUCT),
+        )
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _delta(a: npt.NDArray[np.int64]) -> _I64:
+    """Wrapping first difference with a[-1] = 0 (exactly inverted by :func:`_undelta`)."""
+    u = np.ascontiguousarray(a, dtype=np.int64).view(np.uint64)
+    d = np.empty_like(u)
+    if len(u):
+        d[0] = u[0]
+        np.subtract(u[1:], u[:-1], out=d[1:])
+    return d.view(np.int64)
+
+
+def _undelta(d: npt.NDArray[np.int64]) -> _I64:
+    out: _U64 = np.cumsum(d.view(np.uint64), dtype=np.uint64)
+    return out.view(np.int64)
+
+
+def _encode_values(
+    values: npt.NDArray[np.float64], starts: npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.int8], _I64, npt.NDArray[np.uint64]]:
+    """Choose a decimal code per point run; returns (code per row, k per row, raw bits per row)."""
+    n = len(values)
+    bits = values.view(np.uint64)
+    ks = np.zeros((len(_CODES), n), dtype=np.int64)
+    ok = np.zeros((len(_CODES), n), dtype=bool)
+    with np.errstate(all="ignore"):
+        for ci, code in enumerate(_CODES):
+            e = code - _DIV_BASE if code >= _DIV_BASE else code
+            x = values * _DIV[e]
+            fits = np.abs(x) <= _EXACT_INT  # False for NaN/inf
+            k = np.where(fits, np.rint(x), 0.0).astype(np.int64)
+            kf = k.astype(np.float64)
+            rebuilt = kf / _DIV[e] if code >= _DIV_BASE else kf * _MUL[e]
+            ok[ci] = fits & (rebuilt.view(np.uint64) == bits)
+            ks[ci] = k
+    rows = np.arange(n)
+    if n:
+        counts = np.add.reduceat(ok.astype(np.int32), starts, axis=1)  # (codes, runs)
+        best_run = counts.argmax(axis=0)
+        run_len = np.diff(np.append(starts, n))
+        best = np.repeat(best_run, run_len)
+    else:
+        best = np.zeros(0, dtype=np.intp)
+    matched = ok[best, rows]
+    k_row = np.where(matched, ks[best, rows], 0)
+    # raw rows repeat the previous k so their delta is 0
+    last = np.maximum.accumulate(np.where(matched, rows, 0)) if n else rows
+    k_row = k_row[last]
+    codes = np.array(_CODES, dtype=np.int8)[best]
+    codes[~matched] = CODE_RAW
+    raw = np.where(matched, np.uint64(0), bits)
+    return codes, k_row, raw
+
+
+def _decode_values(
+    codes: npt.NDArray[np.int8], k: _I64, raw: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.float64]:
+    out = raw.view(np.float64).copy()
+    kf = k.astype(np.float64)
+    valid = codes == CODE_RAW
+    for e in range(MAX_EXP + 1):
+        m = codes == e
+        if m.any():
+            out[m] = kf[m] * _MUL[e]
+            valid |= m
+        if e:
+            m = codes == _DIV_BASE + e
+            if m.any():
+                out[m] = kf[m] / _DIV[e]
+                valid |= m
+    if not valid.all():
+        raise CodecError(f"unknown value_code {int(codes[~valid][0])}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- encode
+def encode_batch(
+    rows: pa.Table | pa.RecordBatch,
+    gateway_id: str,
+    points: PointCatalog | Mapping[int, PointInfo],
+    *,
+    level: int = 3,
+) -> bytes:
+    """Encode store rows (:data:`READINGS_SCHEMA` columns, any order) as one ``gwsync/1`` body.
+
+    ``points`` must name every point id present (ids it lacks travel without a name, and the receiver
+    quarantines their rows). ``level`` is the zstd level.
+    """
+    if not gateway_id or len(gateway_id) > MAX_GATEWAY_ID_LEN:
+        raise ValueError(f"gateway_id must be 1..{MAX_GATEWAY_ID_LEN} characters")
+    cat = points if isinstance(points, PointCatalog) else PointCatalog(points)
+    seq = rows.column("seq").to_numpy().astype(np.int64, copy=False)
+    ts = rows.column("ts").to_numpy().astype(np.int64, copy=False)
+    pid = rows.column("point_id").to_numpy().astype(np.int32, copy=False)
+    val = rows.column("value").to_numpy().astype(np.float64, copy=False)
+    qual = rows.column("quality").to_numpy().astype(np.uint16, copy=False)
+    order = np.lexsort((seq, pid))
+    seq, ts, pid, val, qual = seq[order], ts[order], pid[order], val[order], qual[order]
+    n = len(seq)
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if n else np.zeros(0, np.intp)
+    uniq = pid[starts]
+    run_len = np.diff(np.append(starts, n))
+    indices = np.repeat(np.arange(len(uniq), dtype=np.int32), run_len)
+    point_col = pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), cat.struct_for(uniq))
+    codes, k, raw = _encode_values(np.ascontiguousarray(val), starts)
+    planes = raw.view(np.uint8).reshape(-1, 8).T if n else np.zeros((8, 0), np.uint8)
+    arrays = [
+        point_col,
+        pa.array(_delta(seq)),
+        pa.array(_delta(ts)),
+        pa.array(codes, type=pa.int8()),
+        pa.array(_delta(k)),
+        *[pa.array(np.ascontiguousarray(planes[j])) for j in range(8)],
+        pa.array(qual, type=pa.uint16()),
+    ]
+    meta = {
+        "format": FORMAT,
+        "gateway_id": gateway_id,
+        "rows": str(n),
+        "first_seq": str(int(seq.min())) if n else "0",
+        "last_seq": str(int(seq.max())) if n else "0",
+    }
+    schema = WIRE_SCHEMA.with_metadata(meta)
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    sink = pa.BufferOutputStream()
+    opts = ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
+    with ipc.new_stream(sink, schema, options=opts) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+# --------------------------------------------------------------------------------------------- decode
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    gateway_id: str
+    rows: pa.Table  # READINGS_SCHEMA, ordered by seq (stable)
+    points: pa.Table  # POINTS_SCHEMA, one row per point present, sorted by point_id
+    meta: dict[str, str]  # all schema metadata, decoded as UTF-8
+
+
+def peek_gateway_id(body: bytes) -> str:
+    """Read only the schema metadata (cheap, no decompression) and return the gateway id (CodecError)."""
+    try:
+        reader = ipc.open_stream(pa.py_buffer(body))
+        meta = reader.schema.metadata or {}
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise CodecError(f"not an Arrow IPC stream: {e}") from e
+    return _gateway_from_meta(
+        {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in meta.items()}
+    )
+
+
+def _gateway_from_meta(meta: Mapping[str, str]) -> str:
+    if meta.get("format") != FORMAT:
+        raise CodecError(f"schema metadata 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
+    gw = meta.get("gateway_id", "")
+    if not gw or len(gw) > MAX_GATEWAY_ID_LEN or not gw.isprintable():
+        raise CodecError("schema metadata 'gateway_id' missing or invalid")
+    return gw
+
+
+def decode_batch(body: bytes, *, max_decompressed_bytes: int | None = None) -> DecodedBatch:
+    """Decode a ``gwsync/1`` body. Raises CodecError when malformed, PayloadTooLarge when its buffers would
+    decompress to more than ``max_decompressed_bytes`` (checked from the IPC metadata before decompressing).
+    """
+    if max_decompressed_bytes is not None:
+        size = decompressed_size(body)
+        if size > max_decompressed_bytes:
+            raise PayloadTooLarge(f"payload decompresses to {size} bytes, limit {max_decompressed_bytes}")
+    try:
+        reader = ipc.open_stream(pa.py_buffer(body))
+        schema = reader.schema
+        batches = list(reader)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise CodecError(f"not a valid Arrow IPC stream: {e}") from e
+    raw_meta = schema.metadata or {}
+    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw_meta.items()}
+    gateway_id = _gateway_from_meta(meta)
+    if not schema.remove_metadata().equals(WIRE_SCHEMA):
+        raise CodecError(f"schema does not match {FORMAT}: got {schema.remove_metadata()}")
+    parts = [_decode_record_batch(b) for b in batches]
+    if parts:
+        rows = pa.concat_tables([p[0] for p in parts])
+        points = pa.concat_tables([p[1] for p in parts])
+    else:
+        rows, points = READINGS_SCHEMA.empty_table(), POINTS_SCHEMA.empty_table()
+    if len(parts) > 1:
+        seq = rows.column("seq").to_numpy()
+        rows = rows.take(pa.array(np.argsort(seq, kind="stable")))
+        pids = points.column("point_id").to_numpy()
+        _, first = np.unique(pids, return_index=True)
+        points = points.take(pa.array(first))
+    return DecodedBatch(gateway_id, rows, points, meta)
+
+
+def _decode_record_batch(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
+    try:
+        batch.validate(full=True)
+    except pa.ArrowException as e:
+        raise CodecError(f"invalid record batch: {e}") from e
+    for name in WIRE_SCHEMA.names:
+        if batch.column(name).null_count:
+            raise CodecError(f"column {name!r} has nulls")
+    point_col = batch.column("point")
+    assert isinstance(point_col, pa.DictionaryArray)
+    dictionary = point_col.dictionary
+    ids_arr = dictionary.field("id")
+    if ids_arr.null_count:
+        raise CodecError("point dictionary has null ids")
+    ids = ids_arr.to_numpy().astype(np.int32)
+    if len(np.unique(ids)) != len(ids):
+        raise CodecError("point dictionary repeats an id")
+    idx = point_col.indices.to_numpy().astype(np.intp)
+    pid = ids[idx]
+    seq = _undelta(batch.column("seq_delta").to_numpy())
+    ts = _undelta(batch.column("ts_delta").to_numpy())
+    k = _undelta(batch.column("value_int_delta").to_numpy())
+    codes = batch.column("value_code").to_numpy()
+    planes = np.stack([batch.column(n).to_numpy() for n in _RAW_PLANES])
+    raw = np.ascontiguousarray(planes.T).view(np.uint64).reshape(-1)
+    value = _decode_values(codes, k, raw)
+    quality = batch.column("quality").to_numpy()
+    order = np.argsort(seq, kind="stable")
+    rows = pa.table(
+        [
+            pa.array(seq[order]),
+            pa.array(ts[order]),
+            pa.array(pid[order]),
+            pa.array(value[order]),
+            pa.array(quality[order], type=pa.uint16()),
+        ],
+        schema=READINGS_SCHEMA,
+    )
+    device = dictionary.field("device").cast(pa.string())
+    point = dictionary.field("point").cast(pa.string())
+    unit = dictionary.field("unit").cast(pa.string())
+    name = dictionary.field("name")
+    derived = pc.binary_join_element_wise(device, point, ".")
+    full_name = pc.coalesce(name, derived)
+    order_p = np.argsort(ids, kind="stable")
+    points = pa.table([pa.array(ids), full_name, device, point, unit], schema=POINTS_SCHEMA).take(
+        pa.array(order_p)
+    )
+    return rows, points
+
+
+# --------------------------------------------------------------------------------------------- size bound
+def decompressed_size(body: bytes) -> int:
+    """Sum of every IPC buffer's uncompressed size, read from the message metadata without decompressing.
+
+    Walks the stream's flatbuffer headers (Message -> RecordBatch/DictionaryBatch -> buffers) and reads the
+    8-byte uncompressed-length prefix of each compressed buffer. CodecError when the framing is broken.
+    """
+    total = 0
+    try:
+        reader = ipc.MessageReader.open_stream(pa.py_buffer(body))
+        while True:
+            try:
+                msg = reader.read_next_message()
+            except StopIteration:
+                break
+            meta = msg.metadata.to_pybytes()
+            msg_body = msg.body.to_pybytes() if msg.body is not None else b""
+            total += _message_uncompressed(meta, msg_body)
+    except (pa.ArrowException, ValueError, OSError, struct.error, IndexError) as e:
+        raise CodecError(f"broken Arrow IPC framing: {e}") from e
+    return total
+
+
+def _fb_field(buf: bytes, table: int, field: int) -> int | None:
+    """Absolute position of ``field`` in the flatbuffer table at ``table``, or None if absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * field
+    if slot + 2 > vt_size:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + slot)[0]
+    return table + off if off else None
+
+
+def _fb_deref(buf: bytes, pos: int) -> int:
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _message_uncompressed(meta: bytes, body: bytes) -> int:
+    root = _fb_deref(meta, 0)
+    htype_pos = _fb_field(meta, root, 1)
+    header_pos = _fb_field(meta, root, 2)
+    if htype_pos is None or header_pos is None:
+        return 0
+    htype = meta[htype_pos]
+    header = _fb_deref(meta, header_pos)
+    if htype == 2:  # DictionaryBatch: its RecordBatch is field 1
+        data = _fb_field(meta, header, 1)
+        if data is None:
+            return 0
+        header = _fb_deref(meta, data)
+    elif htype != 3:  # Schema (1) carries no buffers; tensors are not part of this format
+        if htype == 1:
+            return 0
+        raise CodecError(f"unexpected IPC message type {htype}")
+    buffers_pos = _fb_field(meta, header, 2)
+    compressed = _fb_field(meta, header, 3) is not None
+    if buffers_pos is None:
+        return 0
+    vec = _fb_deref(meta, buffers_pos)
+    count = struct.unpack_from("<I", meta, vec)[0]
+    total = 0
+    for i in range(count):
+        offset, length = struct.unpack_from("<qq", meta, vec + 4 + 16 * i)
+        if offset < 0 or length < 0 or offset + length > len(body):
+            raise CodecError("IPC buffer outside the message body")
+        if not compressed or length == 0:
+            total += length
+            continue
+        if length < 8:
+            raise CodecError("compressed IPC buffer shorter than its length prefix")
+        (uncompressed,) = struct.unpack_from("<q", body, offset)
+        total += length - 8 if uncompressed == -1 else uncompressed
+        if uncompressed < -1:
+            raise CodecError("negative uncompressed buffer length")
+    return total

@@ -1,0 +1,345 @@
+"""The receiver's ASGI app (Starlette): ``POST /v1/batches``, stats, health and the OpenAPI document.
+
+The contract (headers, payload, responses, idempotency, limits) is documented in ``docs/ingestion.md`` and in
+:data:`OPENAPI`; keep the three consistent.
+
+Request flow of ``POST /v1/batches`` (cheap checks first, so unauthenticated clients cost almost nothing):
+bearer token known (401) → body within ``max_body_bytes`` (413) → schema metadata names a gateway (400) →
+the token belongs to that gateway (403) → decompressed size within ``max_decompressed_bytes`` (413) → decode
+(400) → validate → land in one transaction (503 with Retry-After when the database fails) → 200 with counts.
+
+Decoding and validation run in worker threads (``asyncio.to_thread``); database work runs in the backend's
+single worker thread. The event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cloud_sync.codec import CONTENT_TYPE, FORMAT, DecodedBatch, decode_batch, peek_gateway_id
+from cloud_sync.errors import BackendError, CodecError, PayloadTooLarge
+from cloud_sync.receiver.backends import Backend
+from cloud_sync.receiver.validate import REASONS, split_rows
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_DECOMPRESSED_BYTES: Final = 512 * 1024 * 1024
+MAX_BATCH_KEY_LEN: Final = 256
+
+
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _token_known(tokens: Mapping[str, str], token: str) -> bool:
+    found = False
+    for t in tokens.values():  # no early exit: constant work whatever the token
+        found |= hmac.compare_digest(t.encode(), token.encode())
+    return found
+
+
+def _token_matches(tokens: Mapping[str, str], gateway_id: str, token: str) -> bool:
+    expected = tokens.get(gateway_id)
+    return expected is not None and hmac.compare_digest(expected.encode(), token.encode())
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
+        except ValueError as e:
+            raise CodecError("invalid Content-Length") from e
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(
+    backend: Backend,
+    tokens: Mapping[str, str],
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+    *,
+    clock_ns: Callable[[], int] = time.time_ns,
+) -> Starlette:
+    """The receiver app. ``tokens`` maps gateway id → bearer token (copied). The app owns ``backend``: it is
+    closed when the app's lifespan ends (servers run the lifespan; test transports may not, so close the
+    backend yourself there). ``clock_ns`` (UTC epoch ns) bounds acceptable timestamps.
+    """
+    tokens = dict(tokens)
+
+    async def post_batch(request: Request) -> Response:
+        token = _bearer(request)
+        if token is None:
+            return _error(401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        if not _token_known(tokens, token):
+            return _error(401, "unauthenticated", "unknown token", {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await _read_body(request, max_body_bytes)
+        except PayloadTooLarge as e:
+            return _error(413, "too-large", str(e))
+        except CodecError as e:
+            return _error(400, "malformed", str(e))
+        try:
+            gateway_id = peek_gateway_id(body)
+        except CodecError as e:
+            return _error(400, "malformed", str(e))
+        if not _token_matches(tokens, gateway_id, token):
+            return _error(403, "forbidden", f"token is not valid for gateway {gateway_id!r}")
+        try:
+            decoded: DecodedBatch = await asyncio.to_thread(
+                decode_batch, body, max_decompressed_bytes=max_decompressed_bytes
+            )
+        except PayloadTooLarge as e:
+            return _error(413, "too-large", str(e))
+        except CodecError as e:
+            return _error(400, "malformed", str(e))
+        rows = decoded.rows
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            if rows.num_rows:
+                seqs = rows.column("seq")
+                key = f"{gateway_id}:{seqs[0].as_py()}-{seqs[-1].as_py()}"
+            else:
+                key = f"{gateway_id}:empty"
+        elif not key or len(key) > MAX_BATCH_KEY_LEN or not key.isprintable():
+            return _error(
+                400, "malformed", f"Idempotency-Key must be 1..{MAX_BATCH_KEY_LEN} printable characters"
+            )
+        now = clock_ns()
+        split = await asyncio.to_thread(split_rows, rows, decoded.points, now)
+        try:
+            result = await backend.land(gateway_id, key, split.valid, split.quarantine, decoded.points, now)
+        except BackendError as e:
+            log.error("receiver database error landing %s: %s", key, e)
+            return _error(503, "unavailable", "database error; retry later", {"Retry-After": "1"})
+        reasons: dict[str, int] = {}
+        if split.quarantine.num_rows:
+            for r in split.quarantine.column("reason").to_pylist():
+                reasons[r] = reasons.get(r, 0) + 1
+        return JSONResponse(
+            {
+                "gateway_id": gateway_id,
+                "batch_key": key,
+                "rows": rows.num_rows,
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "quarantined": result.quarantined,
+                "quarantine_reasons": reasons,
+                "replay": result.replay,
+            }
+        )
+
+    async def gateway_stats(request: Request) -> Response:
+        gateway_id = request.path_params["gateway_id"]
+        token = _bearer(request)
+        if token is None or not _token_known(tokens, token):
+            return _error(401, "unauthenticated", "missing or unknown token", {"WWW-Authenticate": "Bearer"})
+        if not _token_matches(tokens, gateway_id, token):
+            return _error(403, "forbidden", f"token is not valid for gateway {gateway_id!r}")
+        try:
+            stats = await backend.stats(gateway_id)
+        except BackendError as e:
+            log.error("receiver database error reading stats: %s", e)
+            return _error(503, "unavailable", "database error; retry later", {"Retry-After": "1"})
+        return JSONResponse({"gateway_id": gateway_id, **stats})
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await backend.ping()
+        except BackendError as e:
+            return JSONResponse(
+                {"status": "error", "backend": backend.kind, "message": str(e)}, status_code=503
+            )
+        return JSONResponse({"status": "ok", "backend": backend.kind})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(max_body_bytes, max_decompressed_bytes))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await backend.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/v1/batches", post_batch, methods=["POST"]),
+            Route("/v1/gateways/{gateway_id}/stats", gateway_stats, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _err_schema() -> dict[str, Any]:
+    return {"$ref": "#/components/schemas/Error"}
+
+
+def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the receiver (hand-written; mirrors docs/ingestion.md)."""
+
+    def err(desc: str) -> dict[str, Any]:
+        return {"description": desc, "content": {"application/json": {"schema": _err_schema()}}}
+
+    auth_errors = {
+        "401": err("Missing or unknown bearer token."),
+        "403": err("The token belongs to another gateway."),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Substation gateway ingestion (reference receiver)",
+            "version": "1",
+            "description": "Receives reading batches from gateways. See docs/ingestion.md.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {
+                            "type": "string",
+                            "enum": ["unauthenticated", "forbidden", "too-large", "malformed", "unavailable"],
+                        },
+                        "message": {"type": "string"},
+                    },
+                },
+                "BatchResult": {
+                    "type": "object",
+                    "required": [
+                        "gateway_id",
+                        "batch_key",
+                        "rows",
+                        "accepted",
+                        "duplicates",
+                        "quarantined",
+                        "replay",
+                    ],
+                    "properties": {
+                        "gateway_id": {"type": "string"},
+                        "batch_key": {"type": "string"},
+                        "rows": {"type": "integer", "description": "rows in the batch"},
+                        "accepted": {"type": "integer", "description": "rows stored by this request"},
+                        "duplicates": {"type": "integer", "description": "valid rows already stored"},
+                        "quarantined": {"type": "integer", "description": "rows of this batch in quarantine"},
+                        "quarantine_reasons": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer"},
+                            "description": "count per reason: " + ", ".join(REASONS),
+                        },
+                        "replay": {"type": "boolean", "description": "the batch key was received before"},
+                    },
+                },
+                "GatewayStats": {
+                    "type": "object",
+                    "properties": {
+                        "gateway_id": {"type": "string"},
+                        "rows": {"type": "integer"},
+                        "last_seq": {"type": "integer"},
+                        "quarantined": {"type": "integer"},
+                        "batches": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/batches": {
+                "post": {
+                    "summary": "Upload one batch of readings (exactly-once by (gateway_id, seq)).",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": MAX_BATCH_KEY_LEN},
+                            "description": "<gateway_id>:<first_seq>-<last_seq>; a repeated key is a no-op.",
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "description": (
+                            f"Arrow IPC stream, format {FORMAT} (zstd buffers); at most "
+                            f"{max_body_bytes} bytes, {max_decompressed_bytes} bytes decompressed."
+                        ),
+                        "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Landed (or already landed).",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}
+                            },
+                        },
+                        "400": err("Malformed payload or header."),
+                        **auth_errors,
+                        "413": err("Body or decompressed size over the limit."),
+                        "503": err("Database unavailable; retry after Retry-After seconds."),
+                    },
+                }
+            },
+            "/v1/gateways/{gateway_id}/stats": {
+                "get": {
+                    "summary": "Counters of one gateway (needs that gateway's token).",
+                    "parameters": [
+                        {"name": "gateway_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Counters.",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/GatewayStats"}}
+                            },
+                        },
+                        **auth_errors,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness and database reachability.",
+                    "security": [],
+                    "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {"200": {"description": "ok"}},
+                }
+            },
+        },
+    }

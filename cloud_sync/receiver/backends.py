@@ -1,0 +1,575 @@
+"""Storage backends of the reference receiver: embedded DuckDB (a file) and PostgreSQL (psycopg 3).
+
+Contract of :meth:`Backend.land` (one transaction per batch):
+
+- ``readings`` is unique on ``(gateway, seq)``; rows already present are counted as duplicates, never updated:
+  a retried batch lands nothing new (exactly-once landing).
+- ``quarantine`` is unique on ``(gateway, batch_key, row_index)``: a retried batch does not quarantine twice.
+- ``batches`` records each batch key once; ``gateways`` keeps running counters for the stats endpoint.
+- ``points`` is upserted with the names the batch carries (names may change; the latest wins).
+
+Threads: each backend owns one worker thread (a single-thread executor). Every database call runs there, so
+DuckDB has a single writer and the event loop never blocks. The async methods may be called from any event
+loop; :meth:`close` is idempotent and may be called from any thread except the worker itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import re
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cloud_sync.errors import BackendError
+
+T = TypeVar("T")
+
+_STATS_KEYS: Final = ("rows", "last_seq", "quarantined", "batches")
+
+
+@dataclass(frozen=True, slots=True)
+class LandResult:
+    accepted: int  # valid rows newly stored
+    duplicates: int  # valid rows already stored (retry / overlap)
+    quarantined: int  # rows of this batch in quarantine (stored now or by an earlier attempt)
+    replay: bool  # the batch key was seen before
+
+
+class Backend(abc.ABC):
+    """One receiver database. Subclasses implement the ``_``-prefixed methods, run in the worker thread."""
+
+    kind: str = "?"
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"receiver-{self.kind}")
+        self._opened = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- async API (any loop)
+    async def land(
+        self,
+        gateway_id: str,
+        batch_key: str,
+        valid: pa.Table,
+        quarantine: pa.Table,
+        points: pa.Table,
+        received_ns: int,
+    ) -> LandResult:
+        return await self._call(self._land, gateway_id, batch_key, valid, quarantine, points, received_ns)
+
+    async def stats(self, gateway_id: str) -> dict[str, int]:
+        """rows, last_seq, quarantined, batches of one gateway (zeros when it never sent anything)."""
+        return await self._call(self._stats, gateway_id)
+
+    async def ping(self) -> None:
+        await self._call(self._ping)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Close the connection in the worker thread and stop it. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._opened:
+                    self._executor.submit(self._close).result()
+            finally:
+                self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise BackendError(f"{self.kind} backend is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._guarded, fn, args)
+        except RuntimeError as e:  # executor shut down between the check and the submit
+            raise BackendError(f"{self.kind} backend is closed") from e
+
+    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if not self._opened:
+            self._open()
+            self._opened = True
+        return fn(*args)
+
+    # ----------------------------------------------------------------------------- worker-thread methods
+    @abc.abstractmethod
+    def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    def _land(
+        self,
+        gateway_id: str,
+        batch_key: str,
+        valid: pa.Table,
+        quarantine: pa.Table,
+        points: pa.Table,
+        received_ns: int,
+    ) -> LandResult: ...
+
+    @abc.abstractmethod
+    def _stats(self, gateway_id: str) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def _ping(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+
+def _points_changed(cache: dict[tuple[int, int], tuple[Any, ...]], gw: int, points: pa.Table) -> pa.Table:
+    """Rows of ``points`` that are new or differ from ``cache`` (which is updated). Worker thread only."""
+    cols = points.to_pydict()
+    keep: list[int] = []
+    for i, (pid, name, dev, pt, unit) in enumerate(
+        zip(cols["point_id"], cols["name"], cols["device"], cols["point"], cols["unit"], strict=True)
+    ):
+        row = (name, dev, pt, unit)
+        if dev is None or pt is None:
+            continue  # unnamed: nothing to record
+        if cache.get((gw, pid)) != row:
+            cache[(gw, pid)] = row
+            keep.append(i)
+    return points.take(pa.array(keep, type=pa.int64()))
+
+
+# =================================================================================================== DuckDB
+_DUCK_SCHEMA: Final = [
+    """CREATE TABLE IF NOT EXISTS gateways (
+        gw INTEGER PRIMARY KEY, gateway_id VARCHAR NOT NULL UNIQUE,
+        rows BIGINT NOT NULL DEFAULT 0, last_seq BIGINT NOT NULL DEFAULT 0,
+        quarantined BIGINT NOT NULL DEFAULT 0, batches BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS readings (
+        gw INTEGER NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL, point_id INTEGER NOT NULL,
+        value DOUBLE NOT NULL, quality USMALLINT NOT NULL, PRIMARY KEY (gw, seq))""",
+    """CREATE TABLE IF NOT EXISTS points (
+        gw INTEGER NOT NULL, point_id INTEGER NOT NULL, name VARCHAR, device VARCHAR, point VARCHAR,
+        unit VARCHAR, PRIMARY KEY (gw, point_id))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        gw INTEGER NOT NULL, batch_key VARCHAR NOT NULL, row_index INTEGER NOT NULL, seq BIGINT, ts BIGINT,
+        point_id INTEGER, value DOUBLE, quality USMALLINT, reason VARCHAR NOT NULL,
+        received_ns BIGINT NOT NULL,
+        PRIMARY KEY (gw, batch_key, row_index))""",
+    """CREATE TABLE IF NOT EXISTS batches (
+        gw INTEGER NOT NULL, batch_key VARCHAR NOT NULL, first_seq BIGINT, last_seq BIGINT, rows BIGINT,
+        accepted BIGINT, duplicates BIGINT, quarantined BIGINT, received_ns BIGINT NOT NULL,
+        PRIMARY KEY (gw, batch_key))""",
+    """CREATE OR REPLACE VIEW readings_named AS
+        SELECT g.gateway_id, r.seq, r.ts, make_timestamp_ns(r.ts) AS time, p.name, p.device, p.point, p.unit,
+               r.value, r.quality
+        FROM readings r JOIN gateways g USING (gw) LEFT JOIN points p USING (gw, point_id)""",
+]
+
+
+class DuckDBBackend(Backend):
+    """Embedded DuckDB file. Inserts go through Arrow (registered tables), never executemany."""
+
+    kind = "duckdb"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._gw: dict[str, int] = {}
+        self._points: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def _open(self) -> None:
+        try:
+            self._con = duckdb.connect(str(self.path))
+            for sql in _DUCK_SCHEMA:
+                self._con.execute(sql)
+            for gw, gid in self._con.execute("SELECT gw, gateway_id FROM gateways").fetchall():
+                self._gw[str(gid)] = int(gw)
+        except duckdb.Error as e:
+            raise BackendError(f"cannot open DuckDB {self.path}: {e}") from e
+
+    def _gw_id(self, gateway_id: str, create: bool) -> int | None:
+        gw = self._gw.get(gateway_id)
+        if gw is None and create:
+            assert self._con is not None
+            gw = max(self._gw.values(), default=0) + 1
+            self._con.execute("INSERT INTO gateways (gw, gateway_id) VALUES (?, ?)", [gw, gateway_id])
+            self._gw[gateway_id] = gw
+        return gw
+
+    def _land(
+        self,
+        gateway_id: str,
+        batch_key: str,
+        valid: pa.Table,
+        quarantine: pa.Table,
+        points: pa.Table,
+        received_ns: int,
+    ) -> LandResult:
+        con = self._con
+        assert con is not None
+        points_before = dict(self._points)
+        try:
+            con.begin()
+            gw = self._gw_id(gateway_id, create=True)
+            assert gw is not None
+            n_valid = valid.num_rows
+            first, last = _seq_range(valid, quarantine)
+            new_batch = _count(
+                con.execute(
+                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        gw,
+                        batch_key,
+                        first,
+                        last,
+                        n_valid + quarantine.num_rows,
+                        quarantine.num_rows,
+                        received_ns,
+                    ],
+                )
+            )
+            accepted = 0
+            if n_valid:
+                con.register("incoming_rows", valid)
+                accepted = _count(
+                    con.execute(
+                        "INSERT INTO readings SELECT ?, seq, ts, point_id, value, quality FROM incoming_rows "
+                        "ON CONFLICT DO NOTHING",
+                        [gw],
+                    )
+                )
+                con.unregister("incoming_rows")
+            new_q = 0
+            if quarantine.num_rows:
+                con.register("incoming_q", quarantine)
+                new_q = _count(
+                    con.execute(
+                        "INSERT INTO quarantine SELECT ?, ?, row_index, seq, ts, point_id, value, quality, "
+                        "reason, ? "
+                        "FROM incoming_q ON CONFLICT DO NOTHING",
+                        [gw, batch_key, received_ns],
+                    )
+                )
+                con.unregister("incoming_q")
+            changed = _points_changed(self._points, gw, points)
+            if changed.num_rows:
+                con.register("incoming_p", changed)
+                con.execute(
+                    "INSERT INTO points SELECT ?, point_id, name, device, point, unit FROM incoming_p "
+                    "ON CONFLICT DO UPDATE SET name = excluded.name, device = excluded.device, "
+                    "point = excluded.point, unit = excluded.unit",
+                    [gw],
+                )
+                con.unregister("incoming_p")
+            max_seq = int(pc.max(valid.column("seq")).as_py()) if n_valid else 0
+            con.execute(
+                "UPDATE batches SET accepted = ?, duplicates = ? WHERE gw = ? AND batch_key = ? AND ? = 1",
+                [accepted, n_valid - accepted, gw, batch_key, new_batch],
+            )
+            con.execute(
+                "UPDATE gateways SET rows = rows + ?, last_seq = greatest(last_seq, ?), "
+                "quarantined = quarantined + ?, batches = batches + ? WHERE gw = ?",
+                [accepted, max_seq, new_q, new_batch, gw],
+            )
+            con.commit()
+        except duckdb.Error as e:
+            self._points = points_before
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
+            raise BackendError(f"DuckDB {self.path}: {e}") from e
+        return LandResult(accepted, n_valid - accepted, quarantine.num_rows, replay=not new_batch)
+
+    def _stats(self, gateway_id: str) -> dict[str, int]:
+        assert self._con is not None
+        row = self._con.execute(
+            "SELECT rows, last_seq, quarantined, batches FROM gateways WHERE gateway_id = ?", [gateway_id]
+        ).fetchone()
+        return (
+            dict(zip(_STATS_KEYS, (int(v) for v in row), strict=True))
+            if row
+            else dict.fromkeys(_STATS_KEYS, 0)
+        )
+
+    def _ping(self) -> None:
+        assert self._con is not None
+        self._con.execute("SELECT 1").fetchone()
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _count(cur: Any) -> int:
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _seq_range(valid: pa.Table, quarantine: pa.Table) -> tuple[int, int]:
+    seqs = [t.column("seq") for t in (valid, quarantine) if t.num_rows]
+    if not seqs:
+        return 0, 0
+    lo = min(int(pc.min(s).as_py()) for s in seqs)
+    hi = max(int(pc.max(s).as_py()) for s in seqs)
+    return lo, hi
+
+
+# ================================================================================================ PostgreSQL
+_PG_SCHEMA: Final = [
+    """CREATE TABLE IF NOT EXISTS gateways (
+        gw SERIAL PRIMARY KEY, gateway_id TEXT NOT NULL UNIQUE,
+        rows BIGINT NOT NULL DEFAULT 0, last_seq BIGINT NOT NULL DEFAULT 0,
+        quarantined BIGINT NOT NULL DEFAULT 0, batches BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS readings (
+        gw INTEGER NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL, point_id INTEGER NOT NULL,
+        value DOUBLE PRECISION NOT NULL, quality INTEGER NOT NULL, PRIMARY KEY (gw, seq))""",
+    """CREATE TABLE IF NOT EXISTS points (
+        gw INTEGER NOT NULL, point_id INTEGER NOT NULL, name TEXT, device TEXT, point TEXT, unit TEXT,
+        PRIMARY KEY (gw, point_id))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        gw INTEGER NOT NULL, batch_key TEXT NOT NULL, row_index INTEGER NOT NULL, seq BIGINT, ts BIGINT,
+        point_id INTEGER, value DOUBLE PRECISION, quality INTEGER, reason TEXT NOT NULL,
+        received_ns BIGINT NOT NULL, PRIMARY KEY (gw, batch_key, row_index))""",
+    """CREATE TABLE IF NOT EXISTS batches (
+        gw INTEGER NOT NULL, batch_key TEXT NOT NULL, first_seq BIGINT, last_seq BIGINT, rows BIGINT,
+        accepted BIGINT, duplicates BIGINT, quarantined BIGINT, received_ns BIGINT NOT NULL,
+        PRIMARY KEY (gw, batch_key))""",
+]
+_PG_TEMP: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_rows (gw INTEGER, seq BIGINT, ts BIGINT, point_id INTEGER, "
+    "value DOUBLE PRECISION, quality INTEGER) ON COMMIT DELETE ROWS"
+)
+_COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER: Final = struct.pack(">h", -1)
+_COPY_ROW: Final = np.dtype(
+    [
+        ("nf", ">i2"),
+        ("l_gw", ">i4"),
+        ("gw", ">i4"),
+        ("l_seq", ">i4"),
+        ("seq", ">i8"),
+        ("l_ts", ">i4"),
+        ("ts", ">i8"),
+        ("l_pid", ">i4"),
+        ("pid", ">i4"),
+        ("l_val", ">i4"),
+        ("val", ">f8"),
+        ("l_q", ">i4"),
+        ("q", ">i4"),
+    ]
+)
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def copy_binary_rows(gw: int, rows: pa.Table) -> bytes:
+    """PostgreSQL binary COPY payload for ``incoming_rows`` built with numpy (no Python object per row)."""
+    n = rows.num_rows
+    a = np.empty(n, dtype=_COPY_ROW)
+    a["nf"] = 6
+    a["l_gw"], a["l_pid"], a["l_q"] = 4, 4, 4
+    a["l_seq"], a["l_ts"], a["l_val"] = 8, 8, 8
+    a["gw"] = gw
+    a["seq"] = rows.column("seq").to_numpy()
+    a["ts"] = rows.column("ts").to_numpy()
+    a["pid"] = rows.column("point_id").to_numpy()
+    a["val"] = rows.column("value").to_numpy()
+    a["q"] = rows.column("quality").to_numpy()
+    return b"".join((_COPY_HEADER, a.tobytes(), _COPY_TRAILER))
+
+
+class PostgresBackend(Backend):
+    """PostgreSQL via psycopg 3: binary COPY into a temp table, then ``INSERT … ON CONFLICT DO NOTHING``.
+
+    ``schema`` (optional) is created if missing and put first on the search_path (tests use one per run).
+    """
+
+    kind = "postgres"
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"invalid schema name {schema!r}")
+        super().__init__()
+        self.url = url
+        self.schema = schema
+        self._con: Any = None
+        self._gw: dict[str, int] = {}
+        self._points: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def _open(self) -> None:
+        import psycopg
+
+        try:
+            self._con = psycopg.connect(self.url, autocommit=False)
+            with self._con.cursor() as cur:
+                if self.schema:
+                    cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    cur.execute(f'SET search_path TO "{self.schema}"')
+                for sql in _PG_SCHEMA:
+                    cur.execute(sql)
+                cur.execute(_PG_TEMP)
+                cur.execute("SELECT gw, gateway_id FROM gateways")
+                self._gw = {str(gid): int(gw) for gw, gid in cur.fetchall()}
+            self._con.commit()
+        except psycopg.Error as e:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            raise BackendError(f"cannot open PostgreSQL: {e}") from e
+
+    def _land(
+        self,
+        gateway_id: str,
+        batch_key: str,
+        valid: pa.Table,
+        quarantine: pa.Table,
+        points: pa.Table,
+        received_ns: int,
+    ) -> LandResult:
+        import psycopg
+
+        con = self._con
+        points_before = dict(self._points)
+        gw_before = dict(self._gw)
+        try:
+            with con.cursor() as cur:
+                gw = self._gw.get(gateway_id)
+                if gw is None:
+                    cur.execute(
+                        "INSERT INTO gateways (gateway_id) VALUES (%s) ON CONFLICT (gateway_id) "
+                        "DO UPDATE SET gateway_id = excluded.gateway_id RETURNING gw",
+                        [gateway_id],
+                    )
+                    gw = int(cur.fetchone()[0])
+                    self._gw[gateway_id] = gw
+                n_valid = valid.num_rows
+                first, last = _seq_range(valid, quarantine)
+                cur.execute(
+                    "INSERT INTO batches VALUES (%s, %s, %s, %s, %s, NULL, NULL, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [
+                        gw,
+                        batch_key,
+                        first,
+                        last,
+                        n_valid + quarantine.num_rows,
+                        quarantine.num_rows,
+                        received_ns,
+                    ],
+                )
+                new_batch = cur.rowcount
+                accepted = 0
+                if n_valid:
+                    with cur.copy("COPY incoming_rows FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.write(copy_binary_rows(gw, valid))
+                    cur.execute("INSERT INTO readings SELECT * FROM incoming_rows ON CONFLICT DO NOTHING")
+                    accepted = cur.rowcount
+                new_q = 0
+                if quarantine.num_rows:
+                    q = quarantine.to_pydict()
+                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_q (LIKE quarantine) ON COMMIT DROP")
+                    with cur.copy("COPY incoming_q FROM STDIN") as copy:
+                        for i in range(quarantine.num_rows):
+                            copy.write_row(
+                                (
+                                    gw,
+                                    batch_key,
+                                    q["row_index"][i],
+                                    q["seq"][i],
+                                    q["ts"][i],
+                                    q["point_id"][i],
+                                    q["value"][i],
+                                    q["quality"][i],
+                                    q["reason"][i],
+                                    received_ns,
+                                )
+                            )
+                    cur.execute("INSERT INTO quarantine SELECT * FROM incoming_q ON CONFLICT DO NOTHING")
+                    new_q = cur.rowcount
+                changed = _points_changed(self._points, gw, points)
+                if changed.num_rows:
+                    p = changed.to_pydict()
+                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_p (LIKE points) ON COMMIT DROP")
+                    with cur.copy("COPY incoming_p FROM STDIN") as copy:
+                        for i in range(changed.num_rows):
+                            copy.write_row(
+                                (
+                                    gw,
+                                    p["point_id"][i],
+                                    p["name"][i],
+                                    p["device"][i],
+                                    p["point"][i],
+                                    p["unit"][i],
+                                )
+                            )
+                    cur.execute(
+                        "INSERT INTO points SELECT * FROM incoming_p ON CONFLICT (gw, point_id) "
+                        "DO UPDATE SET "
+                        "name = excluded.name, device = excluded.device, point = excluded.point, "
+                        "unit = excluded.unit"
+                    )
+                max_seq = int(pc.max(valid.column("seq")).as_py()) if n_valid else 0
+                if new_batch:
+                    cur.execute(
+                        "UPDATE batches SET accepted = %s, duplicates = %s WHERE gw = %s AND batch_key = %s",
+                        [accepted, n_valid - accepted, gw, batch_key],
+                    )
+                cur.execute(
+                    "UPDATE gateways SET rows = rows + %s, last_seq = greatest(last_seq, %s), "
+                    "quarantined = quarantined + %s, batches = batches + %s WHERE gw = %s",
+                    [accepted, max_seq, new_q, new_batch, gw],
+                )
+            con.commit()
+        except psycopg.Error as e:
+            self._points, self._gw = points_before, gw_before
+            with contextlib.suppress(psycopg.Error):
+                con.rollback()
+            raise BackendError(f"PostgreSQL: {e}") from e
+        return LandResult(accepted, n_valid - accepted, quarantine.num_rows, replay=not new_batch)
+
+    def _stats(self, gateway_id: str) -> dict[str, int]:
+        with self._con.cursor() as cur:
+            cur.execute(
+                "SELECT rows, last_seq, quarantined, batches FROM gateways WHERE gateway_id = %s",
+                [gateway_id],
+            )
+            row = cur.fetchone()
+        self._con.commit()
+        return (
+            dict(zip(_STATS_KEYS, (int(v) for v in row), strict=True))
+            if row
+            else dict.fromkeys(_STATS_KEYS, 0)
+        )
+
+    def _ping(self) -> None:
+        with self._con.cursor() as cur:
+            cur.execute("SELECT 1")
+        self._con.commit()
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def open_backend(db: str) -> Backend:
+    """``postgresql://…``/``postgres://…`` → :class:`PostgresBackend`, anything else is a DuckDB file path."""
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresBackend(db)
+    return DuckDBBackend(db)

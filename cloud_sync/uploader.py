@@ -1,0 +1,388 @@
+"""The uploader: drains one sink's outbox from the store to an HTTP receiver, exactly once end to end.
+
+Contract:
+
+- Rows leave in seq order, in batches of at most ``sink.batch_size``; when fewer rows wait, the uploader waits
+  up to ``sink.max_interval_s`` (from the moment the first one was seen) for the batch to fill.
+- Each batch is ``POST``-ed to ``sink.url`` with ``Authorization: Bearer <token>``,
+  ``Idempotency-Key: <gateway_id>:<first_seq>-<last_seq>`` and ``Content-Type:
+  application/vnd.apache.arrow.stream`` (body: :mod:`cloud_sync.codec`).
+- The sink's watermark advances (``store.ack``) **only after a 2xx**. A batch whose answer was lost is sent
+  again; the receiver lands rows exactly once by ``(gateway_id, seq)``.
+- Connection errors, timeouts, 5xx, 408 and 429 are retried forever with exponential backoff and full jitter
+  (``backoff_min_s`` doubling up to ``sink.retry_max_s``); a ``Retry-After`` header (seconds or HTTP-date)
+  replaces the computed delay (capped at :data:`MAX_RETRY_AFTER_S`).
+- 401/403 stop the sink (state ``stopped-auth``); any other 4xx stops it too (``stopped-rejected``). Either
+  way nothing is acked: the data stays in the store until the sink is reconfigured and restarted.
+
+Threads: :meth:`run` runs on the event loop; blocking store calls (``read_after``, ``ack``, ``point_infos``)
+and encoding run in worker threads via ``asyncio.to_thread``. :meth:`stop` and :meth:`status` must be called
+on the loop's thread. The uploader does not own the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import httpx
+import numpy as np
+import pyarrow as pa
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from cloud_sync.codec import CONTENT_TYPE, PointCatalog, encode_batch
+from cloud_sync.errors import AuthRejected, BatchRejected, RetryableUpload, UploadError
+from gateway.config import SinkConfig
+from gateway.model import PointInfo
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S: Final = 3600.0  # a Retry-After longer than this is treated as this
+RATE_WINDOW_S: Final = 30.0  # rows_per_s averages the acks of this window
+
+STATES: Final = ("idle", "ok", "retrying", "stopped-auth", "stopped-rejected", "disabled", "stopped")
+_FINAL: Final = ("stopped-auth", "stopped-rejected", "disabled", "stopped")
+
+
+class SyncStore(Protocol):
+    """What the uploader needs from :class:`storefwd.store.Store`."""
+
+    def read_after(self, sink: str, after_seq: int, limit: int) -> pa.Table: ...
+    def watermark(self, sink: str) -> int: ...
+    def ack(self, sink: str, seq: int) -> None: ...
+    def backlog(self, sink: str) -> int: ...
+    def point_infos(self) -> dict[int, PointInfo]: ...
+    def last_seq(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    body: bytes
+    rows: int
+    first_seq: int
+    last_seq: int
+
+
+class _Stopped(Exception):
+    """Internal: stop() was called while retrying."""
+
+
+def parse_retry_after(value: str | None, now_wall_s: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent/invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now_wall_s
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+class Uploader:
+    """Uploads the rows of one sink. See the module docstring for the contract.
+
+    Injectable for tests: ``transport`` (httpx), ``clock`` (monotonic seconds: fill deadline and rates),
+    ``wall_clock_ns`` (UTC ns: ``last_ack_wall_ns`` and HTTP-date Retry-After), ``sleep`` (backoff sleeps;
+    the default wakes early on stop()), ``backoff_min_s`` (first backoff ceiling), ``poll_s`` (how often an
+    idle uploader looks for new rows).
+    """
+
+    def __init__(
+        self,
+        store: SyncStore,
+        sink: SinkConfig,
+        gateway_id: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        backoff_min_s: float = 0.5,
+        poll_s: float = 0.05,
+        zstd_level: int = 3,
+    ) -> None:
+        if sink.batch_size < 1:
+            raise ValueError("sink.batch_size must be >= 1")
+        self.store = store
+        self.sink = sink
+        self.gateway_id = gateway_id
+        self._transport = transport
+        self._clock = clock
+        self._wall_ns = wall_clock_ns
+        self._sleep = sleep or self._interruptible_sleep
+        self._backoff_min_s = backoff_min_s
+        self._poll_s = poll_s
+        self._level = zstd_level
+        self._stop = asyncio.Event()
+        self._catalog: PointCatalog | None = None
+        # status (loop thread only)
+        self._state = "disabled" if not sink.enabled else "idle"
+        self._last_ack_seq = 0
+        self._last_ack_wall_ns = 0
+        self._last_error = ""
+        self._uploaded_rows = 0
+        self._uploads = 0
+        self._retries = 0
+        self._backlog = 0
+        self._acks: collections.deque[tuple[float, int]] = collections.deque()
+        self._last_response: dict[str, Any] = {}
+        self._changed = asyncio.Condition()  # notified after every ack and state change
+
+    # ------------------------------------------------------------------------------------------- control
+    def stop(self) -> None:
+        """Ask :meth:`run` to return: waits end at once; an in-flight POST finishes (bounded by timeout_s)."""
+        self._stop.set()
+
+    async def wait_acked(self, seq: int) -> None:
+        """Return once the watermark reached ``seq``; UploadError if the sink stops (or run() ends) first."""
+        async with self._changed:
+            while self._last_ack_seq < seq:
+                if self._state in _FINAL:
+                    raise UploadError(f"sink {self.sink.name!r} is {self._state}: {self._last_error}")
+                await self._changed.wait()
+
+    async def wait_state(self, *states: str) -> str:
+        """Return the state once it is one of ``states``."""
+        async with self._changed:
+            while self._state not in states:
+                await self._changed.wait()
+            return self._state
+
+    async def _set_state(self, state: str) -> None:
+        async with self._changed:
+            self._state = state
+            self._changed.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        """Snapshot for the panel/metrics. Never blocks."""
+        with contextlib.suppress(Exception):
+            self._backlog = int(self.store.backlog(self.sink.name))
+        rate = self._rate()
+        eta: float | None
+        if self._backlog == 0:
+            eta = 0.0
+        elif rate > 0:
+            eta = self._backlog / rate
+        else:
+            eta = None
+        return {
+            "sink": self.sink.name,
+            "url": self.sink.url,
+            "state": self._state,
+            "backlog": self._backlog,
+            "last_ack_seq": self._last_ack_seq,
+            "last_ack_wall_ns": self._last_ack_wall_ns,
+            "last_error": self._last_error,
+            "uploaded_rows": self._uploaded_rows,
+            "uploads": self._uploads,
+            "retries": self._retries,
+            "rows_per_s": rate,
+            "eta_s": eta,
+        }
+
+    def _rate(self) -> float:
+        now = self._clock()
+        while self._acks and now - self._acks[0][0] > RATE_WINDOW_S:
+            self._acks.popleft()
+        if len(self._acks) < 2:
+            return 0.0
+        span = self._acks[-1][0] - self._acks[0][0]
+        rows = sum(n for _, n in list(self._acks)[1:])
+        return rows / span if span > 0 else 0.0
+
+    # ------------------------------------------------------------------------------------------- main loop
+    async def run(self) -> None:
+        """Upload until :meth:`stop` or until the sink stops on a permanent error (see :meth:`status`)."""
+        if not self.sink.enabled:
+            await self._set_state("disabled")
+            await self._stop.wait()
+            return
+        try:
+            await self._run()
+        finally:
+            if self._state not in ("stopped-auth", "stopped-rejected"):
+                await self._set_state("stopped")
+
+    async def _run(self) -> None:
+        cursor = int(self.store.watermark(self.sink.name))
+        self._last_ack_seq = cursor
+        async with httpx.AsyncClient(transport=self._transport, timeout=self.sink.timeout_s) as client:
+            prepared = await self._prepare(cursor)
+            while prepared is not None:
+                ahead = asyncio.create_task(
+                    self._prepare(prepared.last_seq), name=f"sync-{self.sink.name}-prep"
+                )
+                delivered = False
+                try:
+                    delivered = await self._deliver(client, prepared)
+                finally:
+                    if not delivered:
+                        ahead.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await ahead
+                if not delivered:
+                    break
+                prepared = await ahead
+
+    async def _prepare(self, after: int) -> _Prepared | None:
+        """Wait for rows after ``after`` (see fill rule), read and encode them; None when stopping."""
+        deadline: float | None = None
+        while not self._stop.is_set():
+            avail = int(self.store.last_seq()) - after
+            now = self._clock()
+            if avail > 0 and deadline is None:
+                deadline = now + self.sink.max_interval_s
+            if avail >= self.sink.batch_size or (deadline is not None and now >= deadline):
+                rows = await asyncio.to_thread(
+                    self.store.read_after, self.sink.name, after, self.sink.batch_size
+                )
+                if rows.num_rows:
+                    return await self._encode(rows)
+                deadline = None
+            if avail <= 0 and self._state == "ok":
+                await self._set_state("idle")
+            wait = self._poll_s if deadline is None else max(0.0, min(self._poll_s, deadline - now))
+            await self._wait_stop(wait)
+        return None
+
+    async def _encode(self, rows: pa.Table) -> _Prepared:
+        pids = rows.column("point_id").to_numpy()
+        if self._catalog is None or len(self._catalog.missing(np.asarray(pids))):
+            infos = await asyncio.to_thread(self.store.point_infos)
+            self._catalog = await asyncio.to_thread(PointCatalog, infos)
+        catalog = self._catalog
+        body = await asyncio.to_thread(encode_batch, rows, self.gateway_id, catalog, level=self._level)
+        seqs = rows.column("seq")
+        return _Prepared(body, rows.num_rows, int(seqs[0].as_py()), int(seqs[-1].as_py()))
+
+    async def _deliver(self, client: httpx.AsyncClient, batch: _Prepared) -> bool:
+        """Upload (with retries) and ack. False when the sink stopped or stop() was called."""
+        key = f"{self.gateway_id}:{batch.first_seq}-{batch.last_seq}"
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableUpload),
+            wait=self._wait_for,
+            stop=lambda _state: self._stop.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self._stop.is_set():
+                        raise _Stopped
+                    await self._post(client, batch.body, key)
+        except _Stopped:
+            return False
+        except RetryableUpload as e:  # stop() during the retry loop
+            self._last_error = str(e)
+            return False
+        except AuthRejected as e:
+            self._last_error = str(e)
+            await self._set_state("stopped-auth")
+            log.error("sink %r stopped: %s (data kept; fix the token and restart)", self.sink.name, e)
+            return False
+        except BatchRejected as e:
+            self._last_error = str(e)
+            await self._set_state("stopped-rejected")
+            log.error("sink %r stopped: batch %s rejected: %s (data kept)", self.sink.name, key, e)
+            return False
+        while True:
+            try:
+                await asyncio.to_thread(self.store.ack, self.sink.name, batch.last_seq)
+                break
+            except Exception as e:  # the store failing to commit must not lose the ack forever
+                self._last_error = f"ack of seq {batch.last_seq} failed: {e}"
+                log.warning("sink %r: %s", self.sink.name, self._last_error)
+                if self._stop.is_set():
+                    return False
+                await self._sleep(self._backoff_min_s)
+        self._acks.append((self._clock(), batch.rows))
+        self._last_ack_seq = batch.last_seq
+        self._last_ack_wall_ns = self._wall_ns()
+        self._uploaded_rows += batch.rows
+        self._uploads += 1
+        self._last_error = ""
+        await self._set_state("ok")
+        return True
+
+    async def _post(self, client: httpx.AsyncClient, body: bytes, key: str) -> None:
+        headers = {
+            "Authorization": f"Bearer {self.sink.token}",
+            "Idempotency-Key": key,
+            "Content-Type": CONTENT_TYPE,
+        }
+        try:
+            resp = await client.post(self.sink.url, content=body, headers=headers)
+        except httpx.TimeoutException as e:
+            raise RetryableUpload(f"timeout after {self.sink.timeout_s} s posting to {self.sink.url}") from e
+        except httpx.TransportError as e:
+            raise RetryableUpload(f"{type(e).__name__} posting to {self.sink.url}: {e}") from e
+        code = resp.status_code
+        if 200 <= code < 300:
+            with contextlib.suppress(ValueError):
+                self._last_response = resp.json()
+            return
+        detail = _detail(resp)
+        msg = f"HTTP {code} from {self.sink.url}: {detail}"
+        if code in (401, 403):
+            raise AuthRejected(msg, code)
+        if code in (408, 429) or code >= 500:
+            retry_after = parse_retry_after(resp.headers.get("retry-after"), self._wall_ns() / 1e9)
+            raise RetryableUpload(msg, code, retry_after)
+        raise BatchRejected(msg, code)
+
+    def _wait_for(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableUpload) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+        return float(
+            wait_random_exponential(multiplier=self._backoff_min_s, max=self.sink.retry_max_s)(state)
+        )
+
+    async def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self._retries += 1
+        self._last_error = str(exc) if isinstance(exc, UploadError) else repr(exc)
+        await self._set_state("retrying")
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "sink %r: %s; retry %d in %.2f s", self.sink.name, self._last_error, state.attempt_number, delay
+        )
+
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        await self._wait_stop(seconds)
+
+    async def _wait_stop(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:200] or resp.reason_phrase
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("error") or data)[:200]
+    return str(data)[:200]

@@ -1,0 +1,150 @@
+"""``gateway demo``: simulated IEDs (child process) + reference receiver (child process) + the gateway (this
+process) with the shipped demo config, ports and data directory overridable from the command line.
+
+Ctrl-C (SIGINT, sent by the terminal to the whole process group) or SIGTERM stops everything: the gateway stops
+its runners, drains the store and stops its uploaders; then the children are terminated (SIGTERM, then SIGKILL
+after 2 s). The whole stop takes well under 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from gateway.app import install_stop_signals, run_gateway, setup_logging
+from gateway.config import GatewayConfig
+from gateway.config_load import load_config
+
+log = logging.getLogger("gateway.demo")
+
+DEMO_CONFIG = "demo.toml"
+RECEIVER_TOKEN = "demo-token"
+
+
+def demo_config(data_dir: Path, panel_port: int, receiver_port: int, modbus_port: int) -> GatewayConfig:
+    """The shipped demo config with the demo's data directory and ports filled in."""
+    with resources.as_file(resources.files("gateway") / "configs" / DEMO_CONFIG) as path:
+        cfg, _ = load_config(path)
+    links = tuple(dataclasses.replace(link, port=modbus_port + i) for i, link in enumerate(cfg.links))
+    sinks = tuple(
+        dataclasses.replace(s, url=f"http://127.0.0.1:{receiver_port}/v1/batches", token=RECEIVER_TOKEN)
+        for s in cfg.sinks
+    )
+    return dataclasses.replace(
+        cfg,
+        data_dir=data_dir,
+        links=links,
+        sinks=sinks,
+        panel=dataclasses.replace(cfg.panel, port=panel_port),
+    )
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} during start-up")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def _stop_child(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=2.0)
+
+
+def run_demo(data_dir: Path, panel_port: int, receiver_port: int, modbus_port: int, duration_s: float = 0.0) -> int:
+    setup_logging("INFO")
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg = demo_config(data_dir, panel_port, receiver_port, modbus_port)
+    ports = {
+        "status page": panel_port,
+        "receiver": receiver_port,
+        "simulated IEDs": modbus_port,
+        "simulated incomer": modbus_port + 1,
+    }
+    taken = [f"{what} port {p}" for what, p in ports.items() if not _port_free(p)]
+    if taken:
+        print(
+            f"error: {', '.join(taken)} already in use; stop what uses it or pick other ports "
+            "(gateway demo --panel-port/--receiver-port/--modbus-port)",
+            file=sys.stderr,
+        )
+        return 4
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        ieds = subprocess.Popen(
+            [sys.executable, "-m", "hil_tests.demo_ieds", "--port", str(modbus_port), "--incomer-port",
+             str(modbus_port + 1)],
+            env=env,
+        )
+        children.append(ieds)
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "receiver", "--db", str(data_dir / "receiver.duckdb"),
+             "--port", str(receiver_port), "--token", f"{cfg.id}={RECEIVER_TOKEN}"],
+            env=env,
+        )
+        children.append(receiver)
+        _wait_listening(modbus_port, ieds, "simulated IEDs")
+        _wait_listening(modbus_port + 1, ieds, "simulated incomer")
+        _wait_listening(receiver_port, receiver, "receiver")
+        print(
+            "\n"
+            f"  Gateway status page : http://127.0.0.1:{panel_port}/   (JSON: /api/status)\n"
+            f"  Cloud receiver      : http://127.0.0.1:{receiver_port}/v1/gateways/{cfg.id}/stats"
+            f"   (OpenAPI: /openapi.json)\n"
+            f"  Simulated IEDs      : modbus tcp 127.0.0.1:{modbus_port} (units 1-3), 127.0.0.1:{modbus_port + 1}\n"
+            f"  Data                : {data_dir}\n"
+            "  Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+
+        async def main() -> int:
+            stop = asyncio.Event()
+            install_stop_signals(stop)
+            if duration_s > 0:
+                asyncio.get_running_loop().call_later(duration_s, stop.set)
+            return await run_gateway(cfg, stop)
+
+        rc = asyncio.run(main())
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        rc = 4
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            for child in reversed(children):
+                _stop_child(child)
+    print("demo stopped", flush=True)
+    return rc

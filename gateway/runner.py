@@ -1,0 +1,555 @@
+"""Link runner: the policy around one physical Modbus link (one TCP endpoint or one serial line).
+
+One :class:`LinkRunner` per link, one asyncio task each (``await runner.run()``); devices on the link are
+accessed one request at a time. The driver (:mod:`protocols.modbus`) does I/O; this module owns:
+
+- **Schedule**: one absolute-deadline slot grid per (device, poll period). A poll starts at or after its
+  deadline; the next deadline is the previous one plus the period. Each grid is offset from the start by a
+  fixed phase (a hash of link/device/period, within ``min(period, PHASE_SPREAD_S)``) so that hundreds of links
+  started together do not all poll in the same millisecond; the first poll after start, reconnect or
+  recovery runs at once. If a poll starts one or more whole periods
+  late, the missed slots are skipped (not burst) and counted in ``missed_slots``; lateness (start − deadline)
+  of every poll goes into a bounded window for ``lateness_p99_ms``.
+- **Link reconnect** with exponential back-off and jitter (``reconnect_min_s`` … ``reconnect_max_s``). While
+  disconnected, the link's points are marked QUESTIONABLE|OLD_DATA|FAILURE once (last value kept).
+- **Device back-off**: a device that does not answer (timeout, or gateway exception 0x0A/0x0B) has all its
+  points marked QUESTIONABLE|OLD_DATA|FAILURE once and is backed off (``backoff_min_s`` … ``backoff_max_s``,
+  doubling). During back-off it gets one probe request per interval and nothing else, so other devices on the
+  link keep their schedule. A successful probe resumes normal polls at once.
+- **Other failures** (exception responses, garbage) stamp the affected block's points with the driver's
+  quality (see :mod:`protocols.modbus`), emitted once on the transition, last value kept.
+- **Staleness**: a point not successfully read for ``stale_after_periods × period`` gets OLD_DATA (validity
+  questionable if it was good), emitted once with its last value; never re-sent as fresh.
+- **Deadband**: vectorised; a reading is emitted when it is the point's first, its quality changed, the
+  point's deadband is 0 ("every poll"), or ``|value − last emitted value| > deadband``.
+- **Back-pressure**: ``emit`` returning False (store queue full) keeps the batch and retries it every
+  ``EMIT_RETRY_S``; polling pauses meanwhile (slots are skipped and counted), nothing is dropped.
+
+Values of points never read successfully are NaN. Every Modbus reading carries ``Q.GATEWAY_TIME``; ``ts`` is
+``wall_ns()`` taken when the response arrived.
+
+Threading: all methods run on the runner's event loop. ``stop()`` may be called from another thread only via
+``loop.call_soon_threadsafe(runner.stop)``. ``emit`` is called on the loop and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.config import DeviceConfig, LinkConfig, PointConfig
+from gateway.model import Q, ReadingBatch
+from protocols.modbus import (
+    Q_NO_RESPONSE,
+    LinkDown,
+    ModbusClient,
+    ModbusError,
+    ReadBlock,
+    plan_device,
+)
+
+__all__ = ["EMIT_RETRY_S", "LATENESS_WINDOW", "LinkRunner"]
+
+log = logging.getLogger(__name__)
+
+EMIT_RETRY_S: Final = 0.02  # delay between attempts to hand a batch to a full store queue
+LATENESS_WINDOW: Final = 1024  # polls per device kept for lateness_p99_ms
+STALE_CHECK_NS: Final = 100_000_000  # at most this often, check every group for staleness
+STOP_FLUSH_S: Final = 2.0  # on stop, how long to keep offering the final old-data batch
+PHASE_SPREAD_S: Final = 1.0  # slot grids are offset by up to min(period, this) so links do not poll in bursts
+_GT: Final = int(Q.GATEWAY_TIME)
+_OLD: Final = int(Q.OLD_DATA)
+_VALIDITY: Final = 0x0003
+
+
+def _stale_quality(q: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
+    """``q`` with OLD_DATA set; a good validity becomes questionable (invalid stays invalid)."""
+    out = q | np.uint16(_OLD)
+    good = (out & np.uint16(_VALIDITY)) == 0
+    out[good] |= np.uint16(int(Q.QUESTIONABLE))
+    return out
+
+
+@dataclass(eq=False)
+class _Group:
+    """The points of one device that share a poll period, their read blocks and their emission state.
+
+    Block ``k`` decodes into positions ``spans[k][0]:spans[k][1]`` of the per-point arrays.
+    """
+
+    dev: _Device
+    period_ns: int
+    stale_ns: int
+    blocks: list[ReadBlock]
+    spans: list[tuple[int, int]]
+    ids: npt.NDArray[np.int32]
+    deadband: npt.NDArray[np.float64]
+    phase_ns: int = 0  # offset of this group's slot grid (spreads polls of many links over the period)
+    deadline: int = 0  # monotonic ns of the next slot
+    cur_val: npt.NDArray[np.float64] = field(init=False)  # latest known value (NaN = never read)
+    last_val: npt.NDArray[np.float64] = field(init=False)  # last emitted value
+    last_q: npt.NDArray[np.uint16] = field(init=False)  # last emitted quality
+    emitted: npt.NDArray[np.bool_] = field(init=False)  # emitted at least once
+    last_good: npt.NDArray[np.int64] = field(init=False)  # monotonic ns of the last good read
+    first: bool = True  # the next poll is the first since start/reconnect/recovery (runs at once)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        self.cur_val = np.full(n, np.nan)
+        self.last_val = np.full(n, np.nan)
+        self.last_q = np.zeros(n, dtype=np.uint16)
+        self.emitted = np.zeros(n, dtype=np.bool_)
+        self.last_good = np.zeros(n, dtype=np.int64)
+        self.every_poll = self.deadband <= 0
+
+    def good(self, s: int, e: int, values: npt.NDArray[np.float64], ts: int, now: int) -> ReadingBatch | None:
+        """A successful read of positions ``s:e``; returns the readings to emit (deadband applied)."""
+        self.cur_val[s:e] = values
+        self.last_good[s:e] = now
+        last = self.last_val[s:e]
+        with np.errstate(invalid="ignore"):
+            moved = np.abs(values - last) > self.deadband[s:e]
+        mask = (
+            moved
+            | self.every_poll[s:e]
+            | ~self.emitted[s:e]
+            | (self.last_q[s:e] != _GT)
+            | (np.isnan(values) != np.isnan(last))
+        )
+        if not mask.any():
+            return None
+        if mask.all():
+            idx: Any = slice(s, e)
+            vals = values
+        else:
+            idx = np.flatnonzero(mask) + s
+            vals = values[mask]
+        self.last_val[idx] = vals
+        self.last_q[idx] = _GT
+        self.emitted[idx] = True
+        n = len(vals)
+        return ReadingBatch(
+            np.full(n, ts, dtype=np.int64), self.ids[idx], np.array(vals, dtype=np.float64),
+            np.full(n, _GT, dtype=np.uint16),
+        )
+
+    def mark(self, s: int, e: int, quality: int, ts: int) -> ReadingBatch | None:
+        """Stamp positions ``s:e`` with a failure ``quality`` (GATEWAY_TIME added); emit only transitions."""
+        q = np.uint16(quality | _GT)
+        mask = (self.last_q[s:e] != q) | ~self.emitted[s:e]
+        if not mask.any():
+            return None
+        idx = np.flatnonzero(mask) + s
+        return self._emit_at(idx, np.full(len(idx), q, dtype=np.uint16), ts)
+
+    def stale(self, now: int, ts: int) -> ReadingBatch | None:
+        """Add OLD_DATA to points not read successfully for ``stale_ns``; emit each such transition once."""
+        fresh = (self.last_q & np.uint16(_OLD)) == 0
+        mask = ((now - self.last_good) > self.stale_ns) & fresh & self.emitted
+        if not mask.any():
+            return None
+        idx = np.flatnonzero(mask)
+        return self._emit_at(idx, _stale_quality(self.last_q[idx]), ts)
+
+    def old_all(self, ts: int) -> ReadingBatch | None:
+        """Mark every emitted point OLD_DATA (used on stop)."""
+        mask = ((self.last_q & np.uint16(_OLD)) == 0) & self.emitted
+        if not mask.any():
+            return None
+        idx = np.flatnonzero(mask)
+        return self._emit_at(idx, _stale_quality(self.last_q[idx]), ts)
+
+    def _emit_at(self, idx: npt.NDArray[np.intp], q: npt.NDArray[np.uint16], ts: int) -> ReadingBatch:
+        vals = self.cur_val[idx]
+        self.last_val[idx] = vals
+        self.last_q[idx] = q
+        self.emitted[idx] = True
+        return ReadingBatch(np.full(len(idx), ts, dtype=np.int64), self.ids[idx], vals, q)
+
+
+@dataclass(eq=False)
+class _Device:
+    cfg: DeviceConfig
+    points: dict[str, PointConfig]
+    groups: list[_Group] = field(default_factory=list)
+    state: str = "starting"  # "starting", "ok", "backoff", "disconnected"
+    backoff_s: float = 0.0  # current back-off interval (0 = not backed off)
+    probe_at: int = 0  # monotonic ns of the next probe while backed off
+    last_good_ns: int = 0  # wall ns of the last successful response
+    last_latency_ms: float = math.nan
+    polls: int = 0  # completed group polls and probes with at least one response
+    errors: int = 0  # exception / malformed responses
+    timeouts: int = 0  # requests without response
+    missed_slots: int = 0
+    lateness: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
+
+
+def _default_client_factory(link: LinkConfig) -> ModbusClient:
+    return ModbusClient(link)
+
+
+class LinkRunner:
+    """Polls every device of one link on its schedule and emits :class:`ReadingBatch` es.
+
+    :param link: the link and its devices.
+    :param point_ids: ``"device.point"`` → store id for every point of the link (``ValueError`` if missing).
+    :param emit: non-blocking sink; False when it cannot take the batch now (retried later, never dropped).
+    :param mono_ns: monotonic clock (ns) for deadlines, back-off and staleness.
+    :param wall_ns: UTC epoch clock (ns) for reading timestamps.
+    :param client_factory: builds the driver client for the link (tests inject wrappers).
+    :param rng: randomness for reconnect jitter.
+    """
+
+    def __init__(
+        self,
+        link: LinkConfig,
+        point_ids: Mapping[str, int],
+        emit: Callable[[ReadingBatch], bool],
+        *,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+        wall_ns: Callable[[], int] = time.time_ns,
+        client_factory: Callable[[LinkConfig], ModbusClient] = _default_client_factory,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.link = link
+        self._emit_fn = emit
+        self._mono = mono_ns
+        self._wall = wall_ns
+        self._client = client_factory(link)
+        self._rng = rng or random.Random()
+        self._lock = asyncio.Lock()  # serialises polls and writes on the link (created lazily on the loop)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._pending: deque[ReadingBatch] = deque()
+        self._link_up = False
+        self._ever_connected = False
+        self.reconnects = 0
+        self._last_stale_check = 0
+        self._devices: dict[str, _Device] = {}
+        missing: list[str] = []
+        for dcfg in link.devices:
+            dev = _Device(dcfg, {p.name: p for p in dcfg.points})
+            for period, blocks in plan_device(dcfg).items():
+                names = [f"{dcfg.name}.{p.name}" for b in blocks for p in b.points]
+                missing += [n for n in names if n not in point_ids]
+                spans: list[tuple[int, int]] = []
+                pos = 0
+                for b in blocks:
+                    spans.append((pos, pos + len(b.points)))
+                    pos += len(b.points)
+                period_ns = max(1, round(period * 1e9))
+                frac = zlib.crc32(f"{link.name}/{dcfg.name}/{period!r}".encode()) / 2**32
+                dev.groups.append(_Group(
+                    dev=dev,
+                    period_ns=period_ns,
+                    stale_ns=round(dcfg.stale_after_periods * period_ns),
+                    blocks=blocks,
+                    spans=spans,
+                    ids=np.array([point_ids.get(n, -1) for n in names], dtype=np.int32),
+                    deadband=np.array([p.deadband for b in blocks for p in b.points], dtype=np.float64),
+                    phase_ns=round(frac * min(period_ns, PHASE_SPREAD_S * 1e9)),
+                ))
+            self._devices[dcfg.name] = dev
+        if missing:
+            raise ValueError(f"link {link.name}: no point id for {', '.join(missing[:10])}")
+
+    # ------------------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll until :meth:`stop`; then mark all points OLD_DATA once, flush, and close the link."""
+        start = self._mono()
+        for dev in self._devices.values():
+            for g in dev.groups:
+                g.deadline = start
+                g.first = True
+                g.last_good[:] = start
+        try:
+            while not self._stopping:
+                if not self._flush():
+                    await self._sleep(EMIT_RETRY_S)
+                    continue
+                if not self._client.connected:
+                    await self._reconnect()
+                    continue
+                now = self._mono()
+                if now - self._last_stale_check >= STALE_CHECK_NS:
+                    self._check_stale(now)
+                item = self._next_due()
+                if item is None:  # a link without points: nothing to do but wait for stop()
+                    await self._sleep(1.0)
+                    continue
+                dev, group, due = item
+                if due > now:
+                    await self._sleep((due - now) / 1e9)
+                    continue
+                async with self._lock:
+                    if self._stopping or not self._client.connected:
+                        continue
+                    if group is None:
+                        await self._probe(dev)
+                    else:
+                        await self._poll(group, self._mono())
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (call on the runner's loop). Idempotent."""
+        self._stopping = True
+        self._wake.set()
+
+    async def write(self, device: str, point: str, value: float) -> None:
+        """Write a control value (engineering units) to a writable coil/holding point, between polls.
+
+        Raises ``KeyError`` for an unknown device/point, ``ValueError`` for a non-writable point or a value
+        that does not fit, :class:`protocols.modbus.ModbusError` (e.g. ``LinkDown``) when the write failed.
+        """
+        dev = self._devices[device]
+        p = dev.points[point]
+        if not p.writable:
+            raise ValueError(f"{device}.{point} is not writable")
+        async with self._lock:
+            if not self._client.connected:
+                raise LinkDown(f"link {self.link.name} is not connected")
+            try:
+                await self._client.write(dev.cfg, p, value)
+            except ModbusError as exc:
+                if exc.no_response and not isinstance(exc, LinkDown):
+                    dev.timeouts += 1
+                elif not exc.no_response:
+                    dev.errors += 1
+                raise
+
+    def status(self) -> list[dict[str, Any]]:
+        """One dict per device for the status page and metrics (see module docstring for the fields)."""
+        out: list[dict[str, Any]] = []
+        for dev in self._devices.values():
+            lat = np.fromiter(dev.lateness, dtype=np.int64, count=len(dev.lateness))
+            out.append({
+                "device": dev.cfg.name,
+                "link": self.link.name,
+                "state": dev.state,
+                "last_good_ns": dev.last_good_ns,
+                "last_latency_ms": dev.last_latency_ms,
+                "polls": dev.polls,
+                "errors": dev.errors,
+                "timeouts": dev.timeouts,
+                "reconnects": self.reconnects,
+                "missed_slots": dev.missed_slots,
+                "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
+            })
+        return out
+
+    def lateness_ns(self) -> npt.NDArray[np.int64]:
+        """All lateness samples (ns) currently in the devices' windows (for benchmarks and metrics)."""
+        return np.fromiter((x for d in self._devices.values() for x in d.lateness), dtype=np.int64)
+
+    def reset_window(self) -> None:
+        """Forget the lateness samples (e.g. after a warm-up, or per metrics scrape); counters are kept."""
+        for dev in self._devices.values():
+            dev.lateness.clear()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Internals (all on the runner's task)
+    # ------------------------------------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; returns early on :meth:`stop`."""
+        if self._stopping or seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _emit(self, batch: ReadingBatch | None) -> None:
+        if batch is not None and len(batch):
+            self._pending.append(batch)
+
+    def _flush(self) -> bool:
+        """Offer pending batches in order; True when nothing is left pending."""
+        if len(self._pending) > 1:
+            merged = ReadingBatch.concat(list(self._pending))
+            self._pending.clear()
+            self._pending.append(merged)
+        while self._pending:
+            if not self._emit_fn(self._pending[0]):
+                return False
+            self._pending.popleft()
+        return True
+
+    def _next_due(self) -> tuple[_Device, _Group | None, int] | None:
+        """The most urgent work item: (device, group to poll | None = probe, due monotonic ns)."""
+        best: tuple[_Device, _Group | None, int] | None = None
+        for dev in self._devices.values():
+            if dev.state == "backoff":
+                if best is None or dev.probe_at < best[2]:
+                    best = (dev, None, dev.probe_at)
+                continue
+            for g in dev.groups:
+                if best is None or g.deadline < best[2]:
+                    best = (dev, g, g.deadline)
+        return best
+
+    def _check_stale(self, now: int) -> None:
+        self._last_stale_check = now
+        ts = self._wall()
+        for dev in self._devices.values():
+            for g in dev.groups:
+                self._emit(g.stale(now, ts))
+
+    def _mark_device(self, dev: _Device, quality: int) -> None:
+        ts = self._wall()
+        for g in dev.groups:
+            self._emit(g.mark(0, len(g.ids), quality, ts))
+
+    async def _poll(self, g: _Group, now: int) -> None:
+        dev = g.dev
+        late = now - g.deadline
+        if late >= g.period_ns:  # started a whole period (or more) late: skip to the most recent slot
+            k = late // g.period_ns
+            g.deadline += k * g.period_ns
+            dev.missed_slots += k
+            late -= k * g.period_ns
+        dev.lateness.append(late)
+        if g.first:  # first poll (start/reconnect/recovery) ran at once; continue on the phase-shifted grid
+            g.first = False
+            g.deadline += g.phase_ns
+        g.deadline += g.period_ns
+        answered = False
+        for block, (s, e) in zip(g.blocks, g.spans, strict=True):
+            t0 = self._mono()
+            try:
+                values = await self._client.read(dev.cfg, block)
+            except ModbusError as exc:
+                if self._on_error(dev, exc, g, s, e):
+                    return
+                answered = True
+                continue
+            t1 = self._mono()
+            answered = True
+            dev.last_latency_ms = (t1 - t0) / 1e6
+            ts = self._wall()
+            dev.last_good_ns = ts
+            self._emit(g.good(s, e, values, ts, t1))
+        if answered:
+            dev.polls += 1
+            dev.state = "ok"
+            dev.backoff_s = 0.0
+
+    def _on_error(self, dev: _Device, exc: ModbusError, g: _Group, s: int, e: int) -> bool:
+        """Handle a failed request; True when the rest of this poll must be abandoned."""
+        if isinstance(exc, LinkDown):
+            log.info("link %s: %s", self.link.name, exc)
+            self._link_lost()
+            return True
+        if exc.no_response:
+            dev.timeouts += 1
+            self._mark_device(dev, exc.quality)
+            dev.backoff_s = (
+                dev.cfg.backoff_min_s if dev.backoff_s <= 0 else min(dev.backoff_s * 2, dev.cfg.backoff_max_s)
+            )
+            dev.probe_at = self._mono() + round(dev.backoff_s * 1e9)
+            if dev.state != "backoff":
+                log.info("device %s: no response (%s); backing off %.1f s", dev.cfg.name, exc, dev.backoff_s)
+            dev.state = "backoff"
+            return True
+        dev.errors += 1
+        self._emit(g.mark(s, e, exc.quality, self._wall()))
+        return False
+
+    async def _probe(self, dev: _Device) -> None:
+        """One request to a backed-off device; on an answer, resume its normal polls at once."""
+        g = dev.groups[0]
+        s, e = g.spans[0]
+        t0 = self._mono()
+        try:
+            values = await self._client.read(dev.cfg, g.blocks[0])
+        except ModbusError as exc:
+            if not self._on_error(dev, exc, g, s, e):
+                self._resume(dev)  # it answered (with an exception): it is alive
+            return
+        t1 = self._mono()
+        dev.last_latency_ms = (t1 - t0) / 1e6
+        ts = self._wall()
+        dev.last_good_ns = ts
+        self._emit(g.good(s, e, values, ts, t1))
+        dev.polls += 1
+        log.info("device %s answers again", dev.cfg.name)
+        self._resume(dev)
+
+    def _resume(self, dev: _Device) -> None:
+        now = self._mono()
+        dev.state = "ok"
+        dev.backoff_s = 0.0
+        for g in dev.groups:
+            g.deadline = now
+            g.first = True
+
+    def _link_lost(self) -> None:
+        """Close the link and mark every point of it failed (emitted once: marks only emit transitions)."""
+        self._client.close()
+        self._link_up = False
+        for dev in self._devices.values():
+            dev.state = "disconnected"
+            self._mark_device(dev, Q_NO_RESPONSE)
+
+    async def _reconnect(self) -> None:
+        """Connect, retrying with exponential back-off and jitter until connected or stopped."""
+        if self._link_up:  # dropped while idle (noticed here rather than by a failed request)
+            self._link_lost()
+        delay = 0.0
+        attempt = 0
+        while not self._stopping:
+            if delay > 0:
+                self._flush()
+                await self._sleep(delay)
+                if self._stopping:
+                    return
+            try:
+                await self._client.connect()
+            except ModbusError as exc:
+                attempt += 1
+                if attempt == 1:
+                    self._link_lost()
+                base = min(self.link.reconnect_max_s, self.link.reconnect_min_s * 2 ** (attempt - 1))
+                delay = base * self._rng.uniform(0.5, 1.0)
+                log.info("link %s: %s; retry in %.2f s", self.link.name, exc, delay)
+                continue
+            if self._ever_connected:
+                self.reconnects += 1
+            self._ever_connected = True
+            self._link_up = True
+            now = self._mono()
+            for dev in self._devices.values():
+                dev.state = "starting"
+                dev.backoff_s = 0.0
+                for g in dev.groups:
+                    g.deadline = now
+                    g.first = True
+            return
+
+    async def _shutdown(self) -> None:
+        ts = self._wall()
+        for dev in self._devices.values():
+            for g in dev.groups:
+                self._emit(g.old_all(ts))
+        deadline = time.monotonic() + STOP_FLUSH_S
+        while not self._flush() and time.monotonic() < deadline:
+            await asyncio.sleep(EMIT_RETRY_S)
+        if self._pending:
+            log.warning("link %s: store did not take the final %d readings", self.link.name,
+                        sum(len(b) for b in self._pending))
+        self._client.close()
+

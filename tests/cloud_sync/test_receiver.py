@@ -1,0 +1,233 @@
+"""The reference receiver over loopback HTTP (uvicorn, port 0), on both backends (DuckDB file, PostgreSQL)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cloud_sync.codec import CONTENT_TYPE, READINGS_SCHEMA, encode_batch
+from cloud_sync.receiver import (
+    Backend,
+    DuckDBBackend,
+    ReceiverServer,
+    build_app,
+    load_tokens,
+    openapi_document,
+)
+from cloud_sync.receiver.backends import copy_binary_rows
+from cloud_sync.receiver.validate import REASONS, TS_MIN_NS
+from gateway.model import PointInfo
+from tests.cloud_sync.conftest import GATEWAY, TOKEN, TOKENS, point_infos, rows_table
+
+MAX_BODY = 256 * 1024
+MAX_DECOMPRESSED = 4 * 1024 * 1024
+
+
+@pytest.fixture
+async def client(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(backend, TOKENS, max_body_bytes=MAX_BODY, max_decompressed_bytes=MAX_DECOMPRESSED)
+    async with ReceiverServer(app) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def headers(token: str = TOKEN, key: str | None = None) -> dict[str, str]:
+    h = {"Authorization": f"Bearer {token}", "Content-Type": CONTENT_TYPE}
+    if key:
+        h["Idempotency-Key"] = key
+    return h
+
+
+async def post(c: httpx.AsyncClient, body: bytes, **kw: str) -> httpx.Response:
+    return await c.post("/v1/batches", content=body, headers=headers(**kw))
+
+
+async def stats(c: httpx.AsyncClient, gateway: str = GATEWAY) -> dict[str, int]:
+    r = await c.get(f"/v1/gateways/{gateway}/stats", headers=headers())
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_batch_lands_and_stats_count_it(client: httpx.AsyncClient) -> None:
+    rows = rows_table(1000)
+    r = await post(client, encode_batch(rows, GATEWAY, point_infos()), key=f"{GATEWAY}:1-1000")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["accepted"], body["duplicates"], body["quarantined"], body["replay"]) == (1000, 0, 0, False)
+    assert await stats(client) == {"gateway_id": GATEWAY, "rows": 1000, "last_seq": 1000, "quarantined": 0, "batches": 1}
+
+
+async def test_same_batch_twice_lands_once(client: httpx.AsyncClient) -> None:
+    body = encode_batch(rows_table(500), GATEWAY, point_infos())
+    first = (await post(client, body, key=f"{GATEWAY}:1-500")).json()
+    again = (await post(client, body, key=f"{GATEWAY}:1-500")).json()
+    assert first["accepted"] == 500
+    assert (again["accepted"], again["duplicates"], again["replay"]) == (0, 500, True)
+    # an overlapping batch under another key: only the new rows land
+    overlap = (await post(client, encode_batch(rows_table(600), GATEWAY, point_infos()))).json()
+    assert (overlap["accepted"], overlap["duplicates"]) == (100, 500)
+    assert (await stats(client))["rows"] == 600
+    assert (await stats(client))["batches"] == 2
+
+
+async def test_missing_or_unknown_token_is_401(client: httpx.AsyncClient) -> None:
+    body = encode_batch(rows_table(10), GATEWAY, point_infos())
+    r = await client.post("/v1/batches", content=body)
+    assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert (await post(client, body, token="nope")).status_code == 401
+    r = await client.post("/v1/batches", content=body, headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401
+
+
+async def test_token_of_another_gateway_is_403(client: httpx.AsyncClient) -> None:
+    body = encode_batch(rows_table(10), GATEWAY, point_infos())
+    r = await post(client, body, token=TOKENS["sub-south-02"])
+    assert r.status_code == 403 and GATEWAY in r.json()["message"]
+    r = await client.get(f"/v1/gateways/{GATEWAY}/stats", headers=headers(TOKENS["sub-south-02"]))
+    assert r.status_code == 403
+    assert (await stats(client))["rows"] == 0
+
+
+async def test_body_over_limit_is_413(client: httpx.AsyncClient) -> None:
+    noise = np.random.default_rng(1).integers(0, 2**63, size=40_000, dtype=np.int64).view(np.float64)
+    rows = rows_table(40_000)
+    rows = rows.set_column(3, "value", pa.array(noise))
+    body = encode_batch(rows, GATEWAY, point_infos())
+    assert len(body) > MAX_BODY
+    r = await post(client, body)
+    assert r.status_code == 413 and r.json()["error"] == "too-large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the streamed size is checked
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    r = await client.post("/v1/batches", content=chunks(), headers=headers())
+    assert r.status_code == 413
+
+
+async def test_decompressed_size_over_limit_is_413(client: httpx.AsyncClient) -> None:
+    n = 200_000  # compresses far below MAX_BODY, decompresses above MAX_DECOMPRESSED
+    rows = pa.table(
+        [pa.array(np.arange(1, n + 1)), pa.array(np.full(n, time.time_ns())), pa.array(np.ones(n, np.int32)),
+         pa.array(np.zeros(n)), pa.array(np.zeros(n, np.uint16))],
+        schema=READINGS_SCHEMA,
+    )  # fmt: skip
+    body = encode_batch(rows, GATEWAY, point_infos())
+    assert len(body) < MAX_BODY
+    r = await post(client, body)
+    assert r.status_code == 413 and "decompresses" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"garbage", b"\xff\xff\xff\xff" + b"\x00" * 64], ids=["empty", "garbage", "bad-ipc"]
+)
+async def test_malformed_payload_is_400_json(client: httpx.AsyncClient, body: bytes) -> None:
+    r = await post(client, body)
+    assert r.status_code == 400
+    assert r.json()["error"] == "malformed"
+
+
+async def test_truncated_payload_is_400(client: httpx.AsyncClient) -> None:
+    body = encode_batch(rows_table(1000), GATEWAY, point_infos())
+    r = await post(client, body[: len(body) - 200])
+    assert r.status_code == 400, r.text
+    assert (await stats(client))["rows"] == 0
+
+
+async def test_invalid_rows_are_quarantined_with_reasons(client: httpx.AsyncClient, backend: Backend) -> None:
+    now = time.time_ns()
+    ts = [now, now, TS_MIN_NS - 1, now + 2 * 86_400 * 10**9, now, now, now, now]
+    seq = [1, 0, 3, 4, 5, 6, 7, 8]
+    pid = [1, 1, 1, 1, 1, 77, 2, 2]  # 77 has no name
+    quality = [0, 0, 0, 0, 0b10, 0, 0, 0]
+    rows = pa.table(
+        [pa.array(seq, pa.int64()), pa.array(ts, pa.int64()), pa.array(pid, pa.int32()),
+         pa.array([1.0] * 8), pa.array(quality, pa.uint16())],
+        schema=READINGS_SCHEMA,
+    )  # fmt: skip
+    body = encode_batch(rows, GATEWAY, point_infos())
+    r = (await post(client, body, key="k-1")).json()
+    assert (r["accepted"], r["quarantined"]) == (3, 5)
+    assert r["quarantine_reasons"] == {
+        "seq-not-positive": 1,
+        "ts-out-of-range": 2,
+        "quality-reserved": 1,
+        "point-unnamed": 1,
+    }
+    again = (await post(client, body, key="k-1")).json()  # a retry does not quarantine twice
+    assert (again["accepted"], again["quarantined"], again["replay"]) == (0, 5, True)
+    s = await stats(client)
+    assert (s["rows"], s["quarantined"], s["last_seq"]) == (3, 5, 8)
+    assert set(r["quarantine_reasons"]) <= set(REASONS)
+
+
+async def test_duplicate_seq_inside_a_batch_is_quarantined(client: httpx.AsyncClient) -> None:
+    rows = rows_table(4)
+    rows = pa.concat_tables([rows, rows.slice(1, 1)])  # seq 2 twice
+    r = (await post(client, encode_batch(rows, GATEWAY, point_infos()))).json()
+    assert (r["accepted"], r["quarantined"], r["quarantine_reasons"]) == (4, 1, {"duplicate-seq-in-batch": 1})
+
+
+async def test_health_and_openapi(client: httpx.AsyncClient, backend: Backend) -> None:
+    r = await client.get("/healthz")
+    assert r.json() == {"status": "ok", "backend": backend.kind}
+    doc = (await client.get("/openapi.json")).json()
+    assert doc == openapi_document(MAX_BODY, MAX_DECOMPRESSED)
+    assert set(doc["paths"]) == {"/v1/batches", "/v1/gateways/{gateway_id}/stats", "/healthz", "/openapi.json"}
+    assert {"200", "400", "401", "403", "413", "503"} <= set(doc["paths"]["/v1/batches"]["post"]["responses"])
+
+
+async def test_points_are_recorded_and_renamed(client: httpx.AsyncClient, backend: Backend) -> None:
+    infos = point_infos(1, 2)
+    await post(client, encode_batch(rows_table(4, n_points=2), GATEWAY, infos))
+    infos[2] = PointInfo("dev0.p1", "dev0", "p1", "MW")
+    await post(client, encode_batch(rows_table(4, first_seq=5, n_points=2), GATEWAY, infos))
+    assert await _points(backend) == {1: ("dev0.p0", "A"), 2: ("dev0.p1", "MW")}
+
+
+async def _points(backend: Backend) -> dict[int, tuple[str, str]]:
+    def read() -> list[tuple[int, str, str]]:
+        con = backend._con  # test-only peek through the backend's own connection (worker thread)
+        if isinstance(backend, DuckDBBackend):
+            return list(con.execute("SELECT point_id, name, unit FROM points ORDER BY point_id").fetchall())
+        with con.cursor() as cur:
+            cur.execute("SELECT point_id, name, unit FROM points ORDER BY point_id")
+            out = list(cur.fetchall())
+        con.commit()
+        return out
+
+    rows = await backend._call(read)
+    return {int(p): (n, u) for p, n, u in rows}
+
+
+async def test_database_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "r.duckdb"
+    for first_seq in (1, 101):
+        app = build_app(DuckDBBackend(path), TOKENS)
+        async with ReceiverServer(app) as server, httpx.AsyncClient(base_url=server.url) as c:
+            r = await post(c, encode_batch(rows_table(100, first_seq=first_seq), GATEWAY, point_infos()))
+            assert r.json()["accepted"] == 100
+            assert (await stats(c))["rows"] == first_seq + 99
+
+
+def test_copy_binary_layout() -> None:
+    rows = rows_table(3)
+    payload = copy_binary_rows(7, rows)
+    assert payload.startswith(b"PGCOPY\n\xff\r\n\x00") and payload.endswith(b"\xff\xff")
+    assert len(payload) == 19 + 3 * (2 + 6 * 4 + 4 + 8 + 8 + 4 + 8 + 4) + 2
+
+
+def test_tokens_from_env_file_and_options(tmp_path: Path) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("# comment\ngw-b=from-file\n\ngw-c=file-c\n")
+    env = {"GATEWAY_RECEIVER_TOKENS": "gw-a=from-env,gw-b=env-b"}
+    tokens = load_tokens(["gw-c=from-option"], f, env)
+    assert tokens == {"gw-a": "from-env", "gw-b": "from-file", "gw-c": "from-option"}
+    with pytest.raises(ValueError, match="GATEWAY_ID=TOKEN"):
+        load_tokens(["no-equals-sign"], None, {})
