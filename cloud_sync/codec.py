@@ -2,21 +2,25 @@
 
 Format ``gwsync/1`` (documented for receivers in ``docs/ingestion.md``):
 
-- Schema metadata: ``format`` = ``gwsync/1``, ``gateway_id``, and informational ``rows``/``first_seq``/
-  ``last_seq``.
-- One or more record batches of the fixed schema :data:`WIRE_SCHEMA`. Rows are sorted by ``(point_id, seq)``
-  so a point's successive values and timestamps are adjacent; the receiver gets them back ordered by seq.
+- Schema metadata: ``format`` = ``gwsync/1``, ``gateway_id``, ``points`` (below) and informational
+  ``rows``/``first_seq``/``last_seq``.
+- ``points``: base64 of a nested Arrow IPC stream (zstd) of :data:`POINTS_WIRE_SCHEMA`, one row per named
+  point present, sorted by id: ``id_delta`` int32 (``id[i] - id[i-1]``, ``id[-1]`` = 0), ``name`` (null
+  when it is ``device + "." + point``), ``device``/``point``/``unit`` (dictionary-encoded strings).
+- Record batches of the fixed schema :data:`WIRE_SCHEMA`. Rows are sorted by ``(point_id, seq)`` so a point's
+  successive values and timestamps are adjacent; the receiver gets them back ordered by seq. Every ``*_delta``
+  column holds ``x[i] - x[i-1]`` (``x[-1]`` = 0) in two's-complement wrapping arithmetic:
 
   ====================  =====================================================================================
-  ``point``             dictionary<int32, struct<id int32, name, device, point, unit>>: each row's point;
-                        the dictionary lists exactly the points present (sorted by id). ``name`` is null when
-                        it is ``device + "." + point``; ``device``/``point`` null: the gateway has no name.
-  ``seq_delta``         int64: ``seq[i] - seq[i-1]`` (``seq[-1]`` = 0), two's-complement wrapping.
-  ``ts_delta``          int64: same for ``ts`` (UTC epoch ns).
+  ``point_id_delta``    int32: the row's point id, delta-coded.
+  ``seq_delta``         int64: the store's sequence number, delta-coded.
+  ``ts_delta``          int64: UTC epoch ns, delta-coded.
   ``value_code``        int8: how to rebuild ``value`` from ``k`` (below): 0..6: ``k * 1e-c`` (multiplication
                         by the float64 nearest 10^-c); 16..22: ``k / 1e(c-16)``; 127: the raw bits in
                         ``value_raw_b*``.
-  ``value_int_delta``   int64: ``k[i] - k[i-1]`` (wrapping); rows with code 127 repeat the previous ``k``.
+  ``value_int_b0..b7``  uint8: byte plane j (little-endian) of ``zigzag(k[i] - k[i-1])`` where ``k[i-1]`` is
+                        the previous row of the same point (0 for a point's first row); rows with code 127
+                        repeat the previous ``k``. zigzag(x) = (x << 1) ^ (x >> 63).
   ``value_raw_b0..b7``  uint8: byte plane j (little-endian) of the float64 bits of code-127 rows, else 0
                         (byte-stream split: the planes compress separately).
   ``quality``           uint16: the quality word.
@@ -24,7 +28,8 @@ Format ``gwsync/1`` (documented for receivers in ``docs/ingestion.md``):
 
 Values from scaled integer registers (``raw * 0.1``) become small integers ``k`` that compress to 1-2 bytes;
 everything else (NaN, ±inf, -0.0, arbitrary doubles) travels as raw bits. The encoder checks every row's
-rebuilt bits, so decoding is bit-exact by construction.
+rebuilt bits, so decoding is bit-exact by construction. A row whose point id is not in ``points`` has no name
+(the receiver quarantines it).
 
 Thread-safety: every function here is pure (CPU only, no I/O) and may run in any thread; the uploader and
 the receiver call them via ``asyncio.to_thread``.
@@ -32,10 +37,12 @@ the receiver call them via ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -73,9 +80,9 @@ POINTS_SCHEMA: Final = pa.schema(
 )
 
 _STR_DICT: Final = pa.dictionary(pa.int32(), pa.string())
-POINT_STRUCT: Final = pa.struct(
+POINTS_WIRE_SCHEMA: Final = pa.schema(
     [
-        pa.field("id", pa.int32(), nullable=False),
+        pa.field("id_delta", pa.int32(), nullable=False),
         pa.field("name", pa.string()),
         pa.field("device", _STR_DICT),
         pa.field("point", _STR_DICT),
@@ -83,13 +90,14 @@ POINT_STRUCT: Final = pa.struct(
     ]
 )
 _RAW_PLANES: Final = [f"value_raw_b{j}" for j in range(8)]
+_INT_PLANES: Final = [f"value_int_b{j}" for j in range(8)]
 WIRE_SCHEMA: Final = pa.schema(
     [
-        pa.field("point", pa.dictionary(pa.int32(), POINT_STRUCT), nullable=False),
+        pa.field("point_id_delta", pa.int32(), nullable=False),
         pa.field("seq_delta", pa.int64(), nullable=False),
         pa.field("ts_delta", pa.int64(), nullable=False),
         pa.field("value_code", pa.int8(), nullable=False),
-        pa.field("value_int_delta", pa.int64(), nullable=False),
+        *[pa.field(n, pa.uint8(), nullable=False) for n in _INT_PLANES],
         *[pa.field(n, pa.uint8(), nullable=False) for n in _RAW_PLANES],
         pa.field("quality", pa.uint16(), nullable=False),
     ]
@@ -135,53 +143,63 @@ class PointCatalog:
         u = np.unique(ids)
         return u[~np.isin(u, self.ids)]
 
-    def struct_for(self, ids: npt.NDArray[np.int32]) -> pa.StructArray:
-        """Dictionary values for sorted unique ``ids``; unknown ids get null names."""
+    def points_stream(self, ids: npt.NDArray[np.int32], level: int = 3) -> bytes:
+        """The nested ``points`` IPC stream for sorted unique ``ids`` (ids without a name are left out)."""
         pos = np.searchsorted(self.ids, ids)
-        pos_c = np.minimum(pos, max(len(self.ids) - 1, 0))
-        found = (
-            (pos < len(self.ids)) & (self.ids[pos_c] == ids) if len(self.ids) else np.zeros(len(ids), bool)
-        )
-        take = pa.array(pos_c.astype(np.int32), mask=~found)
-        id_arr = pa.array(ids.astype(np.int32))
-        if len(self.ids) == 0:
-            nulls = pa.nulls(len(ids), pa.string())
-            return pa.StructArray.from_arrays(
-                [
-                    id_arr,
-                    nulls,
-                    nulls.dictionary_encode(),
-                    nulls.dictionary_encode(),
-                    nulls.dictionary_encode(),
-                ],
-                fields=list(POINT_STRUCT),
-            )
-        return pa.StructArray.from_arrays(
+        found = pos < len(self.ids)
+        found[found] = self.ids[pos[found]] == ids[found]
+        take = pa.array(pos[found].astype(np.int32))
+        known = ids[found].astype(np.int32)
+        id_delta = np.diff(known, prepend=np.int32(0)).astype(np.int32) if len(known) else known
+        table = pa.table(
             [
-                id_arr,
+                pa.array(id_delta, type=pa.int32()),
                 self._name.take(take),
                 self._device.take(take),
                 self._point.take(take),
                 self._unit.take(take),
             ],
-            fields=list(POINT_STRUCT),
+            schema=POINTS_WIRE_SCHEMA,
         )
+        sink = pa.BufferOutputStream()
+        with ipc.new_stream(sink, POINTS_WIRE_SCHEMA, options=_ipc_options(level)) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+
+def _ipc_options(level: int) -> ipc.IpcWriteOptions:
+    return ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _delta(a: npt.NDArray[np.int64]) -> _I64:
-    """Wrapping first difference with a[-1] = 0 (exactly inverted by :func:`_undelta`)."""
-    u = np.ascontiguousarray(a, dtype=np.int64).view(np.uint64)
+def _delta(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Wrapping first difference with a[-1] = 0, same signed dtype (exactly inverted by :func:`_undelta`)."""
+    a = np.ascontiguousarray(a)
+    udt = np.dtype(f"u{a.dtype.itemsize}")
+    u = a.view(udt)
     d = np.empty_like(u)
     if len(u):
         d[0] = u[0]
         np.subtract(u[1:], u[:-1], out=d[1:])
-    return d.view(np.int64)
+    return d.view(a.dtype)
 
 
-def _undelta(d: npt.NDArray[np.int64]) -> _I64:
-    out: _U64 = np.cumsum(d.view(np.uint64), dtype=np.uint64)
-    return out.view(np.int64)
+def _planes(a: npt.NDArray[np.uint64]) -> list[pa.Array]:
+    """Byte-stream split: 8 uint8 arrays, plane j holding byte j (little-endian) of every value."""
+    b = np.ascontiguousarray(a, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return [pa.array(np.ascontiguousarray(b[:, j])) for j in range(8)]
+
+
+def _unplanes(batch: pa.RecordBatch, names: list[str]) -> npt.NDArray[np.uint64]:
+    planes = np.stack([batch.column(n).to_numpy() for n in names], axis=1)
+    out: npt.NDArray[np.uint64] = np.ascontiguousarray(planes).view("<u8").reshape(-1).astype(np.uint64)
+    return out
+
+
+def _undelta(d: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    udt = np.dtype(f"u{d.dtype.itemsize}")
+    out = np.cumsum(d.view(udt), dtype=udt)
+    return out.view(d.dtype)
 
 
 def _encode_values(
@@ -268,18 +286,18 @@ def encode_batch(
     n = len(seq)
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if n else np.zeros(0, np.intp)
     uniq = pid[starts]
-    run_len = np.diff(np.append(starts, n))
-    indices = np.repeat(np.arange(len(uniq), dtype=np.int32), run_len)
-    point_col = pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), cat.struct_for(uniq))
+    points_b64 = base64.b64encode(cat.points_stream(uniq, level)).decode("ascii")
     codes, k, raw = _encode_values(np.ascontiguousarray(val), starts)
-    planes = raw.view(np.uint8).reshape(-1, 8).T if n else np.zeros((8, 0), np.uint8)
+    kd = _delta(k)
+    kd[starts] = k[starts]  # each point's chain starts from 0
+    zigzag = ((kd << 1) ^ (kd >> 63)).view(np.uint64)
     arrays = [
-        point_col,
+        pa.array(_delta(pid), type=pa.int32()),
         pa.array(_delta(seq)),
         pa.array(_delta(ts)),
         pa.array(codes, type=pa.int8()),
-        pa.array(_delta(k)),
-        *[pa.array(np.ascontiguousarray(planes[j])) for j in range(8)],
+        *_planes(zigzag),
+        *_planes(raw),
         pa.array(qual, type=pa.uint16()),
     ]
     meta = {
@@ -288,12 +306,12 @@ def encode_batch(
         "rows": str(n),
         "first_seq": str(int(seq.min())) if n else "0",
         "last_seq": str(int(seq.max())) if n else "0",
+        "points": points_b64,
     }
     schema = WIRE_SCHEMA.with_metadata(meta)
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
     sink = pa.BufferOutputStream()
-    opts = ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
-    with ipc.new_stream(sink, schema, options=opts) as writer:
+    with ipc.new_stream(sink, schema, options=_ipc_options(level)) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
 
@@ -303,7 +321,7 @@ def encode_batch(
 class DecodedBatch:
     gateway_id: str
     rows: pa.Table  # READINGS_SCHEMA, ordered by seq (stable)
-    points: pa.Table  # POINTS_SCHEMA, one row per point present, sorted by point_id
+    points: pa.Table  # POINTS_SCHEMA, one row per named point present, sorted by point_id
     meta: dict[str, str]  # all schema metadata, decoded as UTF-8
 
 
@@ -329,40 +347,72 @@ def _gateway_from_meta(meta: Mapping[str, str]) -> str:
 
 
 def decode_batch(body: bytes, *, max_decompressed_bytes: int | None = None) -> DecodedBatch:
-    """Decode a ``gwsync/1`` body. Raises CodecError when malformed, PayloadTooLarge when its buffers would
-    decompress to more than ``max_decompressed_bytes`` (checked from the IPC metadata before decompressing).
+    """Decode a ``gwsync/1`` body. Raises CodecError when malformed, PayloadTooLarge when its buffers (and the
+    nested points stream) would decompress to more than ``max_decompressed_bytes``: checked from the IPC
+    metadata before anything is decompressed. Delta chains restart in every record batch.
     """
-    if max_decompressed_bytes is not None:
-        size = decompressed_size(body)
-        if size > max_decompressed_bytes:
-            raise PayloadTooLarge(f"payload decompresses to {size} bytes, limit {max_decompressed_bytes}")
     try:
         reader = ipc.open_stream(pa.py_buffer(body))
         schema = reader.schema
-        batches = list(reader)
     except (pa.ArrowException, ValueError, OSError) as e:
         raise CodecError(f"not a valid Arrow IPC stream: {e}") from e
-    raw_meta = schema.metadata or {}
-    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw_meta.items()}
+    meta = _meta(schema)
     gateway_id = _gateway_from_meta(meta)
     if not schema.remove_metadata().equals(WIRE_SCHEMA):
         raise CodecError(f"schema does not match {FORMAT}: got {schema.remove_metadata()}")
+    try:
+        points_ipc = base64.b64decode(meta.get("points", ""), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise CodecError(f"schema metadata 'points' is not base64: {e}") from e
+    if max_decompressed_bytes is not None:
+        size = _stream_decompressed_size(body) + _stream_decompressed_size(points_ipc)
+        if size > max_decompressed_bytes:
+            raise PayloadTooLarge(f"payload decompresses to {size} bytes, limit {max_decompressed_bytes}")
+    points = _decode_points(points_ipc)
+    try:
+        batches = list(reader)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise CodecError(f"not a valid Arrow IPC stream: {e}") from e
     parts = [_decode_record_batch(b) for b in batches]
-    if parts:
-        rows = pa.concat_tables([p[0] for p in parts])
-        points = pa.concat_tables([p[1] for p in parts])
+    if not parts:
+        rows = READINGS_SCHEMA.empty_table()
+    elif len(parts) == 1:
+        rows = parts[0]
     else:
-        rows, points = READINGS_SCHEMA.empty_table(), POINTS_SCHEMA.empty_table()
-    if len(parts) > 1:
-        seq = rows.column("seq").to_numpy()
-        rows = rows.take(pa.array(np.argsort(seq, kind="stable")))
-        pids = points.column("point_id").to_numpy()
-        _, first = np.unique(pids, return_index=True)
-        points = points.take(pa.array(first))
+        rows = pa.concat_tables(parts)
+        rows = rows.take(pa.array(np.argsort(rows.column("seq").to_numpy(), kind="stable")))
     return DecodedBatch(gateway_id, rows, points, meta)
 
 
-def _decode_record_batch(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
+def _meta(schema: pa.Schema) -> dict[str, str]:
+    raw = schema.metadata or {}
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+
+def _decode_points(data: bytes) -> pa.Table:
+    if not data:
+        return POINTS_SCHEMA.empty_table()
+    try:
+        reader = ipc.open_stream(pa.py_buffer(data))
+        if not reader.schema.remove_metadata().equals(POINTS_WIRE_SCHEMA):
+            raise CodecError(f"points schema does not match {FORMAT}: got {reader.schema}")
+        table = reader.read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise CodecError(f"invalid points stream: {e}") from e
+    if table.column("id_delta").null_count:
+        raise CodecError("points: null id_delta")
+    ids = _undelta(table.column("id_delta").to_numpy().astype(np.int32))
+    if len(ids) > 1 and not (np.diff(ids.astype(np.int64)) > 0).all():
+        raise CodecError("points: ids must be strictly increasing")
+    device = table.column("device").cast(pa.string())
+    point = table.column("point").cast(pa.string())
+    unit = table.column("unit").cast(pa.string())
+    full_name = pc.coalesce(table.column("name"), pc.binary_join_element_wise(device, point, "."))
+    return pa.table([pa.array(ids, type=pa.int32()), full_name, device, point, unit], schema=POINTS_SCHEMA)
+
+
+def _decode_record_batch(batch: pa.RecordBatch) -> pa.Table:
     try:
         batch.validate(full=True)
     except pa.ArrowException as e:
@@ -370,27 +420,24 @@ def _decode_record_batch(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
     for name in WIRE_SCHEMA.names:
         if batch.column(name).null_count:
             raise CodecError(f"column {name!r} has nulls")
-    point_col = batch.column("point")
-    assert isinstance(point_col, pa.DictionaryArray)
-    dictionary = point_col.dictionary
-    ids_arr = dictionary.field("id")
-    if ids_arr.null_count:
-        raise CodecError("point dictionary has null ids")
-    ids = ids_arr.to_numpy().astype(np.int32)
-    if len(np.unique(ids)) != len(ids):
-        raise CodecError("point dictionary repeats an id")
-    idx = point_col.indices.to_numpy().astype(np.intp)
-    pid = ids[idx]
+    pid = _undelta(batch.column("point_id_delta").to_numpy())
     seq = _undelta(batch.column("seq_delta").to_numpy())
     ts = _undelta(batch.column("ts_delta").to_numpy())
-    k = _undelta(batch.column("value_int_delta").to_numpy())
+    z = _unplanes(batch, _INT_PLANES)
+    kd = (z >> np.uint64(1)) ^ (np.uint64(0) - (z & np.uint64(1)))  # un-zigzag (wrapping)
+    c = np.cumsum(kd, dtype=np.uint64)
+    starts = np.flatnonzero(np.r_[True, batch.column("point_id_delta").to_numpy()[1:] != 0])
+    base = np.r_[np.uint64(0), c[starts[1:] - 1]].astype(np.uint64)  # running sum before each point's chain
+    k = (
+        (c - np.repeat(base, np.diff(np.append(starts, len(c))))).view(np.int64)
+        if len(c)
+        else c.view(np.int64)
+    )
     codes = batch.column("value_code").to_numpy()
-    planes = np.stack([batch.column(n).to_numpy() for n in _RAW_PLANES])
-    raw = np.ascontiguousarray(planes.T).view(np.uint64).reshape(-1)
-    value = _decode_values(codes, k, raw)
+    value = _decode_values(codes, k, _unplanes(batch, _RAW_PLANES))
     quality = batch.column("quality").to_numpy()
     order = np.argsort(seq, kind="stable")
-    rows = pa.table(
+    return pa.table(
         [
             pa.array(seq[order]),
             pa.array(ts[order]),
@@ -400,27 +447,29 @@ def _decode_record_batch(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
         ],
         schema=READINGS_SCHEMA,
     )
-    device = dictionary.field("device").cast(pa.string())
-    point = dictionary.field("point").cast(pa.string())
-    unit = dictionary.field("unit").cast(pa.string())
-    name = dictionary.field("name")
-    derived = pc.binary_join_element_wise(device, point, ".")
-    full_name = pc.coalesce(name, derived)
-    order_p = np.argsort(ids, kind="stable")
-    points = pa.table([pa.array(ids), full_name, device, point, unit], schema=POINTS_SCHEMA).take(
-        pa.array(order_p)
-    )
-    return rows, points
 
 
 # --------------------------------------------------------------------------------------------- size bound
 def decompressed_size(body: bytes) -> int:
+    """Bytes a ``gwsync/1`` body decompresses to (its buffers plus the nested points stream's), computed from
+    the IPC metadata without decompressing anything. CodecError when the framing is broken."""
+    try:
+        meta = _meta(ipc.open_stream(pa.py_buffer(body)).schema)
+        points_ipc = base64.b64decode(meta.get("points", ""), validate=True)
+    except (pa.ArrowException, ValueError, OSError, binascii.Error) as e:
+        raise CodecError(f"not a valid Arrow IPC stream: {e}") from e
+    return _stream_decompressed_size(body) + _stream_decompressed_size(points_ipc)
+
+
+def _stream_decompressed_size(body: bytes) -> int:
     """Sum of every IPC buffer's uncompressed size, read from the message metadata without decompressing.
 
     Walks the stream's flatbuffer headers (Message -> RecordBatch/DictionaryBatch -> buffers) and reads the
     8-byte uncompressed-length prefix of each compressed buffer. CodecError when the framing is broken.
     """
     total = 0
+    if not body:
+        return 0
     try:
         reader = ipc.MessageReader.open_stream(pa.py_buffer(body))
         while True:

@@ -16,7 +16,8 @@ Contract:
   way nothing is acked: the data stays in the store until the sink is reconfigured and restarted.
 
 Threads: :meth:`run` runs on the event loop; blocking store calls (``read_after``, ``ack``, ``point_infos``)
-and encoding run in worker threads via ``asyncio.to_thread``. :meth:`stop` and :meth:`status` must be called
+and encoding run in worker threads via ``asyncio.to_thread`` (``last_seq``, ``watermark`` and ``backlog`` are
+in-memory reads and are called on the loop). :meth:`stop` and :meth:`status` must be called
 on the loop's thread. The uploader does not own the store.
 """
 
@@ -266,7 +267,8 @@ class Uploader:
         pids = rows.column("point_id").to_numpy()
         if self._catalog is None or len(self._catalog.missing(np.asarray(pids))):
             infos = await asyncio.to_thread(self.store.point_infos)
-            self._catalog = await asyncio.to_thread(PointCatalog, infos)
+            if self._catalog is None or len(infos) != len(self._catalog):  # else: ids without a name
+                self._catalog = await asyncio.to_thread(PointCatalog, infos)
         catalog = self._catalog
         body = await asyncio.to_thread(encode_batch, rows, self.gateway_id, catalog, level=self._level)
         seqs = rows.column("seq")

@@ -21,7 +21,7 @@ import contextlib
 import re
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,13 @@ class Backend(abc.ABC):
 
     async def ping(self) -> None:
         await self._call(self._ping)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only SQL statement on the backend's connection and return all rows (tools, tests).
+
+        Placeholders: ``?`` for DuckDB, ``%s`` for PostgreSQL.
+        """
+        return await self._call(self._query, sql, tuple(params))
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -133,6 +140,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _ping(self) -> None: ...
+
+    @abc.abstractmethod
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...
@@ -311,6 +321,10 @@ class DuckDBBackend(Backend):
         assert self._con is not None
         self._con.execute("SELECT 1").fetchone()
 
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        assert self._con is not None
+        return [tuple(r) for r in self._con.execute(sql, list(params)).fetchall()]
+
     def _close(self) -> None:
         if self._con is not None:
             self._con.close()
@@ -444,6 +458,27 @@ class PostgresBackend(Backend):
     ) -> LandResult:
         import psycopg
 
+        try:
+            return self._land_once(gateway_id, batch_key, valid, quarantine, points, received_ns, fast=True)
+        except psycopg.errors.UniqueViolation:  # another receiver landed some of these seqs meanwhile
+            return self._land_once(gateway_id, batch_key, valid, quarantine, points, received_ns, fast=False)
+
+    def _land_once(
+        self,
+        gateway_id: str,
+        batch_key: str,
+        valid: pa.Table,
+        quarantine: pa.Table,
+        points: pa.Table,
+        received_ns: int,
+        *,
+        fast: bool,
+    ) -> LandResult:
+        """One transaction. ``fast``: when no row of the batch's seq range exists yet, COPY straight into
+        ``readings`` (twice the speed of ``INSERT … ON CONFLICT``); a concurrent writer makes that raise
+        UniqueViolation (re-raised after rollback so the caller retries with ``fast=False``)."""
+        import psycopg
+
         con = self._con
         points_before = dict(self._points)
         gw_before = dict(self._gw)
@@ -476,10 +511,22 @@ class PostgresBackend(Backend):
                 new_batch = cur.rowcount
                 accepted = 0
                 if n_valid:
-                    with cur.copy("COPY incoming_rows FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.write(copy_binary_rows(gw, valid))
-                    cur.execute("INSERT INTO readings SELECT * FROM incoming_rows ON CONFLICT DO NOTHING")
-                    accepted = cur.rowcount
+                    seqs = valid.column("seq")
+                    cur.execute(
+                        "SELECT EXISTS (SELECT 1 FROM readings WHERE gw = %s AND seq BETWEEN %s AND %s)",
+                        [gw, pc.min(seqs).as_py(), pc.max(seqs).as_py()],
+                    )
+                    if fast and not cur.fetchone()[0]:
+                        with cur.copy(
+                            "COPY readings (gw, seq, ts, point_id, value, quality) FROM STDIN (FORMAT BINARY)"
+                        ) as copy:
+                            copy.write(copy_binary_rows(gw, valid))
+                        accepted = n_valid
+                    else:
+                        with cur.copy("COPY incoming_rows FROM STDIN (FORMAT BINARY)") as copy:
+                            copy.write(copy_binary_rows(gw, valid))
+                        cur.execute("INSERT INTO readings SELECT * FROM incoming_rows ON CONFLICT DO NOTHING")
+                        accepted = cur.rowcount
                 new_q = 0
                 if quarantine.num_rows:
                     q = quarantine.to_pydict()
@@ -540,6 +587,8 @@ class PostgresBackend(Backend):
             self._points, self._gw = points_before, gw_before
             with contextlib.suppress(psycopg.Error):
                 con.rollback()
+            if fast and isinstance(e, psycopg.errors.UniqueViolation):
+                raise
             raise BackendError(f"PostgreSQL: {e}") from e
         return LandResult(accepted, n_valid - accepted, quarantine.num_rows, replay=not new_batch)
 
@@ -561,6 +610,14 @@ class PostgresBackend(Backend):
         with self._con.cursor() as cur:
             cur.execute("SELECT 1")
         self._con.commit()
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            with self._con.cursor() as cur:
+                cur.execute(sql, params)
+                return [tuple(r) for r in cur.fetchall()]
+        finally:
+            self._con.rollback()
 
     def _close(self) -> None:
         if self._con is not None:

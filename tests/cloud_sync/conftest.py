@@ -1,5 +1,5 @@
-"""Fixtures for cloud_sync: real DuckDB files, the real PostgreSQL (one schema per test, dropped after), a real
-store, the receiver served by uvicorn on 127.0.0.1 (port 0), and realistic data."""
+"""Fixtures for cloud_sync: real DuckDB files, the real PostgreSQL (one schema per test, dropped after), a
+real store, the receiver served by uvicorn on 127.0.0.1 (port 0), and realistic data."""
 
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def backend(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+async def backend(
+    backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Backend]:
     b: Backend
     if backend_kind == "duckdb":
         b = DuckDBBackend(tmp_path / "receiver.duckdb")

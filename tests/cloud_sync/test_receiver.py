@@ -59,7 +59,13 @@ async def test_batch_lands_and_stats_count_it(client: httpx.AsyncClient) -> None
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["accepted"], body["duplicates"], body["quarantined"], body["replay"]) == (1000, 0, 0, False)
-    assert await stats(client) == {"gateway_id": GATEWAY, "rows": 1000, "last_seq": 1000, "quarantined": 0, "batches": 1}
+    assert await stats(client) == {
+        "gateway_id": GATEWAY,
+        "rows": 1000,
+        "last_seq": 1000,
+        "quarantined": 0,
+        "batches": 1,
+    }
 
 
 async def test_same_batch_twice_lands_once(client: httpx.AsyncClient) -> None:
@@ -179,7 +185,12 @@ async def test_health_and_openapi(client: httpx.AsyncClient, backend: Backend) -
     assert r.json() == {"status": "ok", "backend": backend.kind}
     doc = (await client.get("/openapi.json")).json()
     assert doc == openapi_document(MAX_BODY, MAX_DECOMPRESSED)
-    assert set(doc["paths"]) == {"/v1/batches", "/v1/gateways/{gateway_id}/stats", "/healthz", "/openapi.json"}
+    assert set(doc["paths"]) == {
+        "/v1/batches",
+        "/v1/gateways/{gateway_id}/stats",
+        "/healthz",
+        "/openapi.json",
+    }
     assert {"200", "400", "401", "403", "413", "503"} <= set(doc["paths"]["/v1/batches"]["post"]["responses"])
 
 
@@ -192,17 +203,7 @@ async def test_points_are_recorded_and_renamed(client: httpx.AsyncClient, backen
 
 
 async def _points(backend: Backend) -> dict[int, tuple[str, str]]:
-    def read() -> list[tuple[int, str, str]]:
-        con = backend._con  # test-only peek through the backend's own connection (worker thread)
-        if isinstance(backend, DuckDBBackend):
-            return list(con.execute("SELECT point_id, name, unit FROM points ORDER BY point_id").fetchall())
-        with con.cursor() as cur:
-            cur.execute("SELECT point_id, name, unit FROM points ORDER BY point_id")
-            out = list(cur.fetchall())
-        con.commit()
-        return out
-
-    rows = await backend._call(read)
+    rows = await backend.query("SELECT point_id, name, unit FROM points ORDER BY point_id")
     return {int(p): (n, u) for p, n, u in rows}
 
 

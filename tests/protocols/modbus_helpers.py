@@ -81,6 +81,7 @@ class ByteServer:
         self.requests = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     async def __aenter__(self) -> ByteServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -91,10 +92,15 @@ class ByteServer:
         assert self._server is not None
         self._server.close()
         for w in list(self._writers):
-            w.close()
+            w.close()  # the handlers see EOF and finish normally (a cancelled handler task logs an error)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         self._writers.add(writer)
         try:
             while True:
