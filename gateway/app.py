@@ -110,18 +110,23 @@ class Gateway:
         self.latest.update(batch, self.wall_ns())
         return True
 
-    async def stop(self) -> None:
-        """Stop sources first (runners), then the panel and uploaders, then drain and close the store."""
+    async def stop_sources(self) -> None:
+        """Stop polling (every runner emits its final old-data marks); sinks keep running. Idempotent."""
         for r in self.runners:
             r.stop()
         runner_tasks = [t for t in self._tasks if t.get_name().startswith("link-")]
         await _wait_tasks(runner_tasks, 3.0)
+        self._tasks = [t for t in self._tasks if t not in runner_tasks]
+
+    async def stop(self) -> None:
+        """Stop sources first (runners), then the panel and uploaders, then drain and close the store."""
+        await self.stop_sources()
         if self.panel is not None:
             await self.panel.stop()
             self.panel = None
         for u in self.uploaders:
             u.stop()
-        await _wait_tasks([t for t in self._tasks if t not in runner_tasks], 3.0)
+        await _wait_tasks(self._tasks, 3.0)
         self._tasks.clear()
         if self.store is not None:
             store, self.store = self.store, None
@@ -180,6 +185,7 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is noise
 
 
 async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:

@@ -8,6 +8,7 @@ Runs on the gateway's event loop; reads only in-memory state and cheap store cou
 from __future__ import annotations
 
 import html
+import math
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -61,7 +62,7 @@ def point_rows(gw: Gateway) -> list[dict[str, Any]]:
         rows.append(
             {
                 "point": p.name,
-                "value": None if ts == 0 else float(latest.value[i]),
+                "value": None if ts == 0 or math.isnan(latest.value[i]) else float(latest.value[i]),
                 "unit": p.unit,
                 "quality": q,
                 "quality_text": describe_quality(q) if ts else "no data",
@@ -118,6 +119,17 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
 {pt_rows}</table></body></html>"""
 
 
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN/inf floats (not valid JSON) with None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def build_status_app(gw: Gateway) -> Starlette:
     async def index(request: Request) -> Response:
         status = gw.status()
@@ -128,7 +140,7 @@ def build_status_app(gw: Gateway) -> Starlette:
             or "application/json" in request.headers.get("accept", "")
         )
         if wants_json:
-            return JSONResponse({**status, "points": points})
+            return JSONResponse(_json_safe({**status, "points": points}))
         return HTMLResponse(render_html(gw, status, points))
 
     async def healthz(request: Request) -> Response:

@@ -192,6 +192,11 @@ _DUCK_SCHEMA: Final = [
 ]
 
 
+# Written in the v1.2.0 storage format so every DuckDB >= 1.2 (the 1.4 LTS line included) can open the file;
+# DuckDB 2.0's default format is unreadable by 1.x. Every COMMIT fsyncs (STANDARD) before the 200 goes out.
+DUCKDB_CONFIG: Final[dict[str, str]] = {"storage_compatibility_version": "v1.2.0", "fsync_mode": "STANDARD"}
+
+
 class DuckDBBackend(Backend):
     """Embedded DuckDB file. Inserts go through Arrow (registered tables), never executemany."""
 
@@ -206,7 +211,7 @@ class DuckDBBackend(Backend):
 
     def _open(self) -> None:
         try:
-            self._con = duckdb.connect(str(self.path))
+            self._con = duckdb.connect(str(self.path), config=dict(DUCKDB_CONFIG))
             for sql in _DUCK_SCHEMA:
                 self._con.execute(sql)
             for gw, gid in self._con.execute("SELECT gw, gateway_id FROM gateways").fetchall():

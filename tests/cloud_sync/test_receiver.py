@@ -232,3 +232,57 @@ def test_tokens_from_env_file_and_options(tmp_path: Path) -> None:
     assert tokens == {"gw-a": "from-env", "gw-b": "from-file", "gw-c": "from-option"}
     with pytest.raises(ValueError, match="GATEWAY_ID=TOKEN"):
         load_tokens(["no-equals-sign"], None, {})
+
+
+def test_docs_match_the_openapi_document() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ingestion.md").read_text(encoding="utf-8")
+    api = openapi_document(1, 1)
+    for path, ops in api["paths"].items():
+        assert path in doc, path
+        for op in ops.values():
+            for code in op["responses"]:
+                assert f"| {code} |" in doc, code
+    for reason in REASONS:
+        assert f"`{reason}`" in doc, reason
+    for header in ("Authorization", "Idempotency-Key", "Content-Type", "Retry-After", "WWW-Authenticate"):
+        assert header in doc, header
+
+
+def test_cli_parser_defaults_and_tokens() -> None:
+    from cloud_sync.receiver import build_parser
+
+    args = build_parser().parse_args(["--db", "postgresql://u@h/db", "--port", "0", "--token", "a=b"])
+    assert (args.db, args.port, args.token, args.max_body_mb) == ("postgresql://u@h/db", 0, ["a=b"], 64.0)
+
+
+def test_run_from_args_merges_tokens_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloud_sync.receiver.server as server_mod
+
+    seen: dict[str, object] = {}
+
+    def fake_serve(db: str, host: str, port: int, tokens: dict[str, str], **kw: object) -> None:
+        seen.update(db=db, host=host, port=port, tokens=tokens, **kw)
+
+    monkeypatch.setattr(server_mod, "serve", fake_serve)
+    monkeypatch.setenv("GATEWAY_RECEIVER_TOKENS", "gw-env=t-env")
+    f = tmp_path / "tokens"
+    f.write_text("gw-file=t-file\n")
+    argv = ["--db", "x.duckdb", "--port", "9", "--token", "gw-opt=t-opt", "--token-file", str(f),
+            "--max-body-mb", "1", "--max-decompressed-mb", "2"]  # fmt: skip
+    assert server_mod.main(argv) == 0
+    assert seen["tokens"] == {"gw-env": "t-env", "gw-file": "t-file", "gw-opt": "t-opt"}
+    assert (seen["db"], seen["port"], seen["max_body_bytes"], seen["max_decompressed_bytes"]) == (
+        "x.duckdb",
+        9,
+        2**20,
+        2 * 2**20,
+    )
+    assert server_mod.main(["--token", "broken"]) == 2
+
+
+async def test_duckdb_file_is_readable_by_duckdb_1_2(tmp_path: Path) -> None:
+    backend = DuckDBBackend(tmp_path / "r.duckdb")
+    await backend.ping()
+    backend.close()
+    header = (tmp_path / "r.duckdb").read_bytes()[:20]
+    assert int.from_bytes(header[12:20], "little") == 65  # storage format v1.2.0

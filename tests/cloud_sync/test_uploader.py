@@ -358,3 +358,22 @@ async def test_stop_interrupts_backoff(store: Store) -> None:
     up.stop()
     await asyncio.wait_for(task, WAIT_S)
     assert up.status()["state"] == "stopped" and store.watermark("cloud") == 0
+
+
+async def test_status_rate_and_eta_follow_the_injected_clock(store: Store) -> None:
+    fill(store, 3000)
+    now = [100.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        now[0] += 0.5  # every upload takes half a (fake) second
+        return httpx.Response(200, json={})
+
+    up = Uploader(store, sink("http://r.test/v1/batches"), GATEWAY, transport=httpx.MockTransport(handler),
+                  clock=lambda: now[0], wall_clock_ns=lambda: 42)  # fmt: skip
+    async with running(up):
+        await asyncio.wait_for(up.wait_acked(3000), WAIT_S)
+        st = up.status()
+    assert st["rows_per_s"] == pytest.approx(2000.0)  # 1000 rows per 0.5 s
+    assert (st["eta_s"], st["last_ack_wall_ns"], st["last_ack_seq"], st["uploads"]) == (0.0, 42, 3000, 3)
+    fill(store, 500, first_seq=3001)
+    assert up.status()["backlog"] == 500 and up.status()["eta_s"] == pytest.approx(0.25)
