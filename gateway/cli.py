@@ -34,18 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the gateway daemon")
     r.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
 
+    from cloud_sync.receiver.server import build_parser as receiver_options
+
     rc = sub.add_parser("receiver", help="run the reference cloud ingestion receiver")
-    rc.add_argument("--db", required=True, help="DuckDB file path or postgresql://… URL")
-    rc.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    rc.add_argument("--port", type=int, default=8081, help="listen port (default 8081)")
-    rc.add_argument(
-        "--token",
-        action="append",
-        default=[],
-        metavar="GATEWAY_ID=TOKEN",
-        help="accept TOKEN for GATEWAY_ID (repeatable); also read from GATEWAY_RECEIVER_TOKENS",
-    )
-    rc.add_argument("--tokens-file", type=Path, help="file with one GATEWAY_ID=TOKEN per line")
+    receiver_options(rc)
 
     d = sub.add_parser("demo", help="simulated IEDs + receiver + gateway with the shipped demo config")
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), help="where the demo keeps its files")
@@ -100,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_from_file(args.config)
         if args.command == "receiver":
-            from cloud_sync.receiver.cli import run_receiver
+            from cloud_sync.receiver.server import run_from_args
 
-            return run_receiver(args.db, args.host, args.port, args.token, args.tokens_file)
+            return run_from_args(args)
         if args.command == "demo":
             from gateway.demo import run_demo
 

@@ -113,7 +113,7 @@ def run_demo(data_dir: Path, panel_port: int, receiver_port: int, modbus_port: i
         children.append(ieds)
         receiver = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "receiver", "--db", str(data_dir / "receiver.duckdb"),
-             "--port", str(receiver_port), "--token", f"{cfg.id}={RECEIVER_TOKEN}"],
+             "--port", str(receiver_port), "--token", f"{cfg.id}={RECEIVER_TOKEN}", "--log-level", "warning"],
             env=env,
         )
         children.append(receiver)
