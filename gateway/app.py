@@ -71,7 +71,9 @@ class Gateway:
             disk_budget_mb=cfg.storage.disk_budget_mb,
         )
         self.points = [
-            PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit) for _, dev in cfg.devices() for p in dev.points
+            PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit)
+            for _, dev in cfg.devices()
+            for p in dev.points
         ]
         ids = await asyncio.to_thread(self.store.register_points, self.points)
         self.point_ids = {p.name: int(i) for p, i in zip(self.points, ids, strict=True)}
@@ -89,7 +91,9 @@ class Gateway:
             await self.panel.start()
 
         for link in cfg.links:
-            runner = LinkRunner(link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns)
+            runner = LinkRunner(
+                link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns
+            )
             self.runners.append(runner)
             self._tasks.append(asyncio.create_task(runner.run(), name=f"link-{link.name}"))
         log.info(

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
-from typing import Any
+from typing import Any, Literal, Self
 
 import uvicorn
 
@@ -41,22 +41,52 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class AsgiServer:
-    """Owns one listening socket and one uvicorn server task. Use from the event loop thread only."""
+    """One listening socket and one uvicorn server task on the running loop. Use from the loop thread only.
 
-    def __init__(self, app: Any, host: str, port: int, *, name: str = "http") -> None:
-        self._sock = bind_socket(host, port)
+    The socket is bound in :meth:`start` (so a port can be chosen before it is free) and is listening when
+    ``start`` returns. ``lifespan="on"`` runs the app's lifespan (the receiver closes its backend there).
+    Also an async context manager; :meth:`stop` is idempotent.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        name: str = "http",
+        lifespan: Literal["auto", "on", "off"] = "off",
+        log_level: str = "warning",
+    ) -> None:
+        self.app = app
         self.host = host
-        self.port: int = self._sock.getsockname()[1]
+        self._requested_port = port
         self.name = name
-        cfg = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2)
-        self._server = _QuietServer(cfg)
+        self._config = uvicorn.Config(
+            app,
+            lifespan=lifespan,
+            ws="none",
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._sock: socket.socket | None = None
+        self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._sock is None:
+            raise RuntimeError(f"{self.name} server not started")
+        return int(self._sock.getsockname()[1])
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        self._sock = bind_socket(self.host, self._requested_port)
+        self._server = _QuietServer(self._config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name=f"asgi-{self.name}")
         while not self._server.started:
             if self._task.done():
@@ -66,10 +96,19 @@ class AsgiServer:
         logging.getLogger(__name__).debug("%s listening on %s", self.name, self.url)
 
     async def stop(self) -> None:
-        """Idempotent: ask uvicorn to finish and wait for it."""
-        self._server.should_exit = True
+        """Ask uvicorn to finish (graceful, bounded) and wait for it. Idempotent."""
+        if self._server is not None:
+            self._server.should_exit = True
         if self._task is not None:
+            task, self._task = self._task, None
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self._sock.close()
+                await task
+        if self._sock is not None:
+            self._sock.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--panel-port", type=int, default=8080, help="status page port (default 8080)")
     d.add_argument("--receiver-port", type=int, default=8081, help="receiver port (default 8081)")
     d.add_argument("--modbus-port", type=int, default=15020, help="first simulated IED port (default 15020)")
-    d.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
+    d.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)"
+    )
     return p
 
 

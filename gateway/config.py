@@ -82,7 +82,9 @@ class LinkConfig:
 class StorageConfig:
     path: Path = Path("gateway.duckdb")  # DuckDB file; relative paths are under gateway.data_dir
     disk_budget_mb: float = 1024.0  # most disk space the store may use, in MiB
-    commit_interval_ms: int = 250  # group-commit interval of the writer thread (at most one commit this often)
+    commit_interval_ms: int = (
+        250  # group-commit interval of the writer thread (at most one commit this often)
+    )
     queue_rows: int = 1_000_000  # bound of the writer queue in rows (back-pressure beyond it)
 
 

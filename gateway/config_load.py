@@ -66,7 +66,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    """"; did you mean 'x'?" for the closest option(s); equally close options are all named, sorted."""
+    """ "; did you mean 'x'?" for the closest option(s); equally close options are all named, sorted."""
     opts = list(options)
     match = difflib.get_close_matches(word, opts, n=3, cutoff=0.6)
     if not match:
@@ -179,12 +179,14 @@ class _Loader:
         elif not isinstance(version, int) or isinstance(version, bool):
             self.err("version", f"expected an integer, got {version!r}")
         elif version > CONFIG_VERSION or version < 1:
-            self.err("version", f"unsupported config version {version} (this gateway reads 1..{CONFIG_VERSION})")
+            self.err(
+                "version", f"unsupported config version {version} (this gateway reads 1..{CONFIG_VERSION})"
+            )
 
         gw_raw = data.get("gateway")
         gw: dict[str, Any] = {}
         if gw_raw is None:
-            self.err("gateway", "missing required table [gateway] (with at least id = \"...\")")
+            self.err("gateway", 'missing required table [gateway] (with at least id = "...")')
         elif not isinstance(gw_raw, dict):
             self.err("gateway", "expected a table")
         else:
@@ -202,7 +204,9 @@ class _Loader:
                 self.err("gateway.id", "must not be empty")
             lvl = gw.get("log_level")
             if lvl is not None and str(lvl).upper() not in _LOG_LEVELS:
-                self.err("gateway.log_level", f"invalid value {lvl!r}: expected one of {', '.join(_LOG_LEVELS)}")
+                self.err(
+                    "gateway.log_level", f"invalid value {lvl!r}: expected one of {', '.join(_LOG_LEVELS)}"
+                )
             elif lvl is not None:
                 gw["log_level"] = str(lvl).upper()
 
@@ -308,7 +312,10 @@ class _Loader:
                     self.err(f"{key}.port", "must be 1..65535")
                 ep = (kw.get("host", ""), kw.get("port", 502))
                 if ep in tcp_endpoints:
-                    self.err(f"{key}.port", f"same host:port as link {tcp_endpoints[ep]!r}; put both devices on one link")
+                    self.err(
+                        f"{key}.port",
+                        f"same host:port as link {tcp_endpoints[ep]!r}; put both devices on one link",
+                    )
                 tcp_endpoints[ep] = str(name)
             elif proto == "modbus_rtu":
                 if not kw.get("serial_port"):
@@ -336,7 +343,11 @@ class _Loader:
                     continue
                 dkey = f"{key}.devices[{dev.name}]"
                 if dev.name in device_names:
-                    self.err(f"{dkey}.name", f"duplicate device name (also on link {device_names[dev.name]!r})", dev.name)
+                    self.err(
+                        f"{dkey}.name",
+                        f"duplicate device name (also on link {device_names[dev.name]!r})",
+                        dev.name,
+                    )
                 device_names[dev.name] = str(name)
                 if dev.unit_id in units:
                     self.err(f"{dkey}.unit_id", f"unit id {dev.unit_id} used twice on this link", dev.name)
@@ -359,12 +370,16 @@ class _Loader:
         tname = raw.get("template")
         if tname is not None:
             if tname not in templates:
-                self.err(f"{key}.template", f"no template {tname!r}{_suggest(str(tname), templates)}", str(name))
+                self.err(
+                    f"{key}.template", f"no template {tname!r}{_suggest(str(tname), templates)}", str(name)
+                )
                 return None
             merged = {**templates[tname], **{k: v for k, v in raw.items() if k != "template"}}
             if "points" in raw and "points" in templates[tname]:
                 merged["points"] = [*templates[tname]["points"], *raw["points"]]
-        kw = self.fill(DeviceConfig, merged, key, device=str(name), skip=("points",), extra_allowed=("template",))
+        kw = self.fill(
+            DeviceConfig, merged, key, device=str(name), skip=("points",), extra_allowed=("template",)
+        )
         if kw is None or "name" not in kw:
             return None
         dn = kw["name"]
@@ -436,7 +451,9 @@ class _Bad:
 _BAD = _Bad()
 
 
-def parse_config(data: Mapping[str, Any], file: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
+def parse_config(
+    data: Mapping[str, Any], file: str = "<config>", base_dir: Path | None = None
+) -> GatewayConfig:
     """Validate an already-parsed TOML document. Raises :class:`ConfigError` with every problem."""
     loader = _Loader(file)
     cfg = loader.load(dict(data), base_dir or Path.cwd())

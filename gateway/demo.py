@@ -82,7 +82,9 @@ def _stop_child(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=2.0)
 
 
-def run_demo(data_dir: Path, panel_port: int, receiver_port: int, modbus_port: int, duration_s: float = 0.0) -> int:
+def run_demo(
+    data_dir: Path, panel_port: int, receiver_port: int, modbus_port: int, duration_s: float = 0.0
+) -> int:
     setup_logging("INFO")
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,14 +108,33 @@ def run_demo(data_dir: Path, panel_port: int, receiver_port: int, modbus_port: i
     children: list[subprocess.Popen[bytes]] = []
     try:
         ieds = subprocess.Popen(
-            [sys.executable, "-m", "hil_tests.demo_ieds", "--port", str(modbus_port), "--incomer-port",
-             str(modbus_port + 1)],
+            [
+                sys.executable,
+                "-m",
+                "hil_tests.demo_ieds",
+                "--port",
+                str(modbus_port),
+                "--incomer-port",
+                str(modbus_port + 1),
+            ],
             env=env,
         )
         children.append(ieds)
         receiver = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "receiver", "--db", str(data_dir / "receiver.duckdb"),
-             "--port", str(receiver_port), "--token", f"{cfg.id}={RECEIVER_TOKEN}", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "receiver",
+                "--db",
+                str(data_dir / "receiver.duckdb"),
+                "--port",
+                str(receiver_port),
+                "--token",
+                f"{cfg.id}={RECEIVER_TOKEN}",
+                "--log-level",
+                "warning",
+            ],
             env=env,
         )
         children.append(receiver)

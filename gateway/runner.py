@@ -141,7 +141,9 @@ class _Group:
         self.emitted[idx] = True
         n = len(vals)
         return ReadingBatch(
-            np.full(n, ts, dtype=np.int64), self.ids[idx], np.array(vals, dtype=np.float64),
+            np.full(n, ts, dtype=np.int64),
+            self.ids[idx],
+            np.array(vals, dtype=np.float64),
             np.full(n, _GT, dtype=np.uint16),
         )
 
@@ -251,16 +253,18 @@ class LinkRunner:
                     pos += len(b.points)
                 period_ns = max(1, round(period * 1e9))
                 frac = zlib.crc32(f"{link.name}/{dcfg.name}/{period!r}".encode()) / 2**32
-                dev.groups.append(_Group(
-                    dev=dev,
-                    period_ns=period_ns,
-                    stale_ns=round(dcfg.stale_after_periods * period_ns),
-                    blocks=blocks,
-                    spans=spans,
-                    ids=np.array([point_ids.get(n, -1) for n in names], dtype=np.int32),
-                    deadband=np.array([p.deadband for b in blocks for p in b.points], dtype=np.float64),
-                    phase_ns=round(frac * min(period_ns, PHASE_SPREAD_S * 1e9)),
-                ))
+                dev.groups.append(
+                    _Group(
+                        dev=dev,
+                        period_ns=period_ns,
+                        stale_ns=round(dcfg.stale_after_periods * period_ns),
+                        blocks=blocks,
+                        spans=spans,
+                        ids=np.array([point_ids.get(n, -1) for n in names], dtype=np.int32),
+                        deadband=np.array([p.deadband for b in blocks for p in b.points], dtype=np.float64),
+                        phase_ns=round(frac * min(period_ns, PHASE_SPREAD_S * 1e9)),
+                    )
+                )
             self._devices[dcfg.name] = dev
         if missing:
             raise ValueError(f"link {link.name}: no point id for {', '.join(missing[:10])}")
@@ -338,19 +342,21 @@ class LinkRunner:
         out: list[dict[str, Any]] = []
         for dev in self._devices.values():
             lat = np.fromiter(dev.lateness, dtype=np.int64, count=len(dev.lateness))
-            out.append({
-                "device": dev.cfg.name,
-                "link": self.link.name,
-                "state": dev.state,
-                "last_good_ns": dev.last_good_ns,
-                "last_latency_ms": dev.last_latency_ms,
-                "polls": dev.polls,
-                "errors": dev.errors,
-                "timeouts": dev.timeouts,
-                "reconnects": self.reconnects,
-                "missed_slots": dev.missed_slots,
-                "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
-            })
+            out.append(
+                {
+                    "device": dev.cfg.name,
+                    "link": self.link.name,
+                    "state": dev.state,
+                    "last_good_ns": dev.last_good_ns,
+                    "last_latency_ms": dev.last_latency_ms,
+                    "polls": dev.polls,
+                    "errors": dev.errors,
+                    "timeouts": dev.timeouts,
+                    "reconnects": self.reconnects,
+                    "missed_slots": dev.missed_slots,
+                    "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
+                }
+            )
         return out
 
     def lateness_ns(self) -> npt.NDArray[np.int64]:
@@ -549,7 +555,9 @@ class LinkRunner:
         while not self._flush() and time.monotonic() < deadline:
             await asyncio.sleep(EMIT_RETRY_S)
         if self._pending:
-            log.warning("link %s: store did not take the final %d readings", self.link.name,
-                        sum(len(b) for b in self._pending))
+            log.warning(
+                "link %s: store did not take the final %d readings",
+                self.link.name,
+                sum(len(b) for b in self._pending),
+            )
         self._client.close()
-

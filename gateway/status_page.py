@@ -107,10 +107,10 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
     st = status["store"]
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="2"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{e(status['gateway_id'])} — gateway status</title><style>{_CSS}</style></head><body>
-<h1>Gateway {e(status['gateway_id'])}</h1>
-<p class="muted">up {_fmt_age(now, int(status['started_ns']))} · store: {st.get('rows', 0)} readings,
-{st.get('queued_rows', 0)} queued · this page refreshes every 2 s · JSON: <a href="?format=json">?format=json</a></p>
+<title>{e(status["gateway_id"])} — gateway status</title><style>{_CSS}</style></head><body>
+<h1>Gateway {e(status["gateway_id"])}</h1>
+<p class="muted">up {_fmt_age(now, int(status["started_ns"]))} · store: {st.get("rows", 0)} readings,
+{st.get("queued_rows", 0)} queued · this page refreshes every 2 s · JSON: <a href="?format=json">?format=json</a></p>
 <div class="grid"><div><h2>Devices</h2><table><tr><th>device</th><th>link</th><th>comm</th><th>last good poll</th>
 <th>polls</th><th>errors</th><th>reconnects</th></tr>{dev_rows}</table></div>
 <div><h2>Cloud sync</h2><table><tr><th>sink</th><th>state</th><th>backlog (rows)</th><th>last acked seq</th>

@@ -24,8 +24,10 @@ def format_summary(cfg: GatewayConfig) -> str:
     for s in cfg.sinks:
         lines.append(f"  sink {s.name}: {s.url} (batch {s.batch_size}, every {s.max_interval_s:g} s)")
     for link in cfg.links:
-        where = f"{link.host}:{link.port}" if link.protocol == "modbus_tcp" else (
-            f"{link.serial_port} {link.baudrate} {link.bytesize}{link.parity}{link.stopbits}"
+        where = (
+            f"{link.host}:{link.port}"
+            if link.protocol == "modbus_tcp"
+            else (f"{link.serial_port} {link.baudrate} {link.bytesize}{link.parity}{link.stopbits}")
         )
         lines.append(f"  link {link.name} ({link.protocol} {where})")
         for d in link.devices:

@@ -44,7 +44,9 @@ class FeederIed:
         u.discrete[0] = m.breaker_closed
 
 
-def build_servers(port: int, incomer_port: int, host: str = "127.0.0.1") -> tuple[list[SimServer], list[FeederIed]]:
+def build_servers(
+    port: int, incomer_port: int, host: str = "127.0.0.1"
+) -> tuple[list[SimServer], list[FeederIed]]:
     feeders = [FeederIed(unit_id=i, seed=i) for i in (1, 2, 3)]
     incomer = FeederIed(unit_id=1, seed=7, peak_load_a=900.0)
     servers = [

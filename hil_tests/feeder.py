@@ -60,10 +60,12 @@ class FeederModel:
         im = (math.sqrt(3) / 2) * (ib - ic)
         i_n = math.hypot(re, im)
         drop = 0.03 * k * closed
-        va, vb, vc = (NOMINAL_KV * (1.0 - drop + 0.004 * math.sin(t / 90.0 + ph + self.seed)) for ph in range(3))
+        va, vb, vc = (
+            NOMINAL_KV * (1.0 - drop + 0.004 * math.sin(t / 90.0 + ph + self.seed)) for ph in range(3)
+        )
         f = self.nominal_hz + 0.03 * math.sin(t / 120.0) + 0.01 * math.sin(t / 7.0 + self.seed)
         pf = 0.92 + 0.04 * math.sin(t / 900.0 + self.seed)
-        s_kva = (va * ia + vb * ib + vc * ic)  # kV * A = kVA per phase, summed
+        s_kva = va * ia + vb * ib + vc * ic  # kV * A = kVA per phase, summed
         p = s_kva * pf
         q = s_kva * math.sqrt(max(0.0, 1.0 - pf * pf))
         if self._last_t is not None and t > self._last_t:
@@ -71,11 +73,21 @@ class FeederModel:
         self._last_t = t
         temp = 35.0 + 25.0 * k * closed + 2.0 * math.sin(t / 3600.0)
         return {
-            "Ia": ia, "Ib": ib, "Ic": ic, "In": i_n,
-            "Va": va, "Vb": vb, "Vc": vc, "f": f,
-            "P": p, "Q": q, "PF": pf if closed else 0.0,
-            "E_import": self.energy_kwh, "temp": temp,
-            "breaker_closed": closed, "pickup_A": float(self.pickup_a),
+            "Ia": ia,
+            "Ib": ib,
+            "Ic": ic,
+            "In": i_n,
+            "Va": va,
+            "Vb": vb,
+            "Vc": vc,
+            "f": f,
+            "P": p,
+            "Q": q,
+            "PF": pf if closed else 0.0,
+            "E_import": self.energy_kwh,
+            "temp": temp,
+            "breaker_closed": closed,
+            "pickup_A": float(self.pickup_a),
         }
 
 

@@ -9,20 +9,17 @@ Tokens (gateway id → bearer token) come from, merged in this order (later wins
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
-from starlette.applications import Starlette
 
 from cloud_sync.receiver.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES, build_app
 from cloud_sync.receiver.backends import open_backend
+from gateway.asgi_server import AsgiServer
 
 TOKENS_ENV: Final = "GATEWAY_RECEIVER_TOKENS"
 log = logging.getLogger(__name__)
@@ -54,65 +51,15 @@ def load_tokens(
     return tokens
 
 
-class ReceiverServer:
-    """Serve an ASGI app with uvicorn on the running event loop (``port=0`` picks a free port).
+class ReceiverServer(AsgiServer):
+    """Serve the receiver app on the running event loop (``port=0`` picks a free port).
 
-    The listening socket is bound and listening before ``__aenter__`` returns, so ``url`` accepts connections
-    at once. Exiting stops the server (running the app's lifespan shutdown, which closes its backend).
+    The listening socket is bound and listening before ``__aenter__``/``start()`` returns, so ``url`` accepts
+    connections at once. Stopping runs the app's lifespan shutdown, which closes its backend.
     """
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"):
-        self.app = app
-        self.host = host
-        self._port = port
-        self._log_level = log_level
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._sock is not None, "server not started"
-        return int(self._sock.getsockname()[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def __aenter__(self) -> ReceiverServer:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        self._sock = sock
-        config = uvicorn.Config(
-            self.app,
-            lifespan="on",
-            ws="none",
-            log_level=self._log_level,
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="receiver-server")
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Stop serving; idempotent."""
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            try:
-                await self._task
-            finally:
-                self._task = None
-                if self._sock is not None:
-                    self._sock.close()
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning") -> None:
+        super().__init__(app, host, port, name="receiver", lifespan="on", log_level=log_level)
 
 
 def serve(

@@ -303,7 +303,7 @@ async def test_receiver_down_then_up(store: Store, backend: Backend) -> None:
     async def start_on_third_retry(n: int) -> None:
         if n == 3:
             reserved.close()
-            await server.__aenter__()
+            await server.start()
 
     sleeps = Sleeps(start_on_third_retry)
     up = Uploader(store, sink(f"http://127.0.0.1:{port}/v1/batches"), GATEWAY, sleep=sleeps)

@@ -112,7 +112,10 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
         (('url = "http', 'url = "ftp'), "sinks[cloud].url: expected an http:// or https:// URL"),
         (("version = 1", "version = 9"), "version: unsupported config version 9"),
         (("[gateway]", "[gatway]"), "gatway: unknown top-level key; did you mean 'gateway'?"),
-        (('type = "float32"', 'type = "float32"\nwritable = true'), "only coil and holding points can be written"),
+        (
+            ('type = "float32"', 'type = "float32"\nwritable = true'),
+            "only coil and holding points can be written",
+        ),
     ],
 )
 def test_each_mistake_has_its_message(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
@@ -128,17 +131,17 @@ def test_duplicate_device_and_point_names(tmp_path: Path) -> None:
 
 
 def test_template_unknown_name_suggests(tmp_path: Path) -> None:
-    text = (
-        GOOD.replace("[[links]]", '[templates.relay]\npoints = [{ name = "Ia", kind = "input", address = 0 }]\n[[links]]')
-        .replace("unit_id = 1", 'unit_id = 1\ntemplate = "rely"')
-    )
+    text = GOOD.replace(
+        "[[links]]", '[templates.relay]\npoints = [{ name = "Ia", kind = "input", address = 0 }]\n[[links]]'
+    ).replace("unit_id = 1", 'unit_id = 1\ntemplate = "rely"')
     msgs = problems(tmp_path, text)
     assert any("template" in m and "did you mean 'relay'?" in m for m in msgs), msgs
 
 
 def test_template_points_are_merged(tmp_path: Path) -> None:
     text = GOOD.replace(
-        "[[links]]", '[templates.relay]\ntimeout_s = 0.2\npoints = [{ name = "Va", kind = "input", address = 8 }]\n[[links]]'
+        "[[links]]",
+        '[templates.relay]\ntimeout_s = 0.2\npoints = [{ name = "Va", kind = "input", address = 8 }]\n[[links]]',
     ).replace("unit_id = 1", 'unit_id = 1\ntemplate = "relay"')
     cfg, _ = load_config(write(tmp_path, text))
     dev = cfg.devices()[0][1]
@@ -177,7 +180,15 @@ def test_check_config_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def _all_setting_names() -> set[str]:
     names: set[str] = set()
-    for cls in (C.GatewayConfig, C.StorageConfig, C.PanelConfig, C.SinkConfig, C.LinkConfig, C.DeviceConfig, C.PointConfig):
+    for cls in (
+        C.GatewayConfig,
+        C.StorageConfig,
+        C.PanelConfig,
+        C.SinkConfig,
+        C.LinkConfig,
+        C.DeviceConfig,
+        C.PointConfig,
+    ):
         for f in dataclasses.fields(cls):
             if f.name in ("source", "links", "storage", "sinks", "panel", "devices", "points"):
                 continue

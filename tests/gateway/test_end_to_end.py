@@ -24,7 +24,15 @@ from cloud_sync.receiver import DuckDBBackend
 from cloud_sync.receiver.app import build_app
 from cloud_sync.receiver.server import ReceiverServer
 from gateway.app import Gateway
-from gateway.config import DeviceConfig, GatewayConfig, LinkConfig, PanelConfig, PointConfig, SinkConfig, StorageConfig
+from gateway.config import (
+    DeviceConfig,
+    GatewayConfig,
+    LinkConfig,
+    PanelConfig,
+    PointConfig,
+    SinkConfig,
+    StorageConfig,
+)
 from hil_tests.modbus_sim import SimServer, SimUnit
 from storefwd.store import Store
 
@@ -46,7 +54,9 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = 
         await asyncio.sleep(0.02)
 
 
-async def wait_for_async(cond: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
+async def wait_for_async(
+    cond: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not await cond():
         if time.monotonic() > deadline:
@@ -77,16 +87,23 @@ def ticker(units: list[SimUnit]) -> Callable[[float], None]:
 
 def make_config(tmp_path: Path, modbus_port: int, receiver_url: str, panel_port: int = 0) -> GatewayConfig:
     points = tuple(
-        PointConfig(name=f"r{i}", kind="holding", address=i, type="uint16", period_s=PERIOD) for i in range(POINTS)
+        PointConfig(name=f"r{i}", kind="holding", address=i, type="uint16", period_s=PERIOD)
+        for i in range(POINTS)
     )
     devices = tuple(
-        DeviceConfig(name=f"dev{u}", unit_id=u, timeout_s=0.3, backoff_min_s=0.2, backoff_max_s=0.5, points=points)
+        DeviceConfig(
+            name=f"dev{u}", unit_id=u, timeout_s=0.3, backoff_min_s=0.2, backoff_max_s=0.5, points=points
+        )
         for u in (1, 2)
     )
     return GatewayConfig(
         id=GW,
         data_dir=tmp_path / "gw",
-        links=(LinkConfig(name="line", protocol="modbus_tcp", host="127.0.0.1", port=modbus_port, devices=devices),),
+        links=(
+            LinkConfig(
+                name="line", protocol="modbus_tcp", host="127.0.0.1", port=modbus_port, devices=devices
+            ),
+        ),
         storage=StorageConfig(commit_interval_ms=50),
         sinks=(
             SinkConfig(
@@ -116,7 +133,10 @@ async def receiver_counts(backend: DuckDBBackend) -> tuple[int, int, int, int]:
 async def test_every_served_reading_lands_exactly_once(tmp_path: Path) -> None:
     units = make_units()
     backend = DuckDBBackend(tmp_path / "rx.duckdb")
-    async with SimServer(units, tcp=("127.0.0.1", 0)) as sim, ReceiverServer(build_app(backend, {GW: TOKEN})) as rx:
+    async with (
+        SimServer(units, tcp=("127.0.0.1", 0)) as sim,
+        ReceiverServer(build_app(backend, {GW: TOKEN})) as rx,
+    ):
         sim.every(0.05, ticker(units))
         gw = Gateway(make_config(tmp_path, sim.port, rx.url))
         await gw.start()
@@ -166,9 +186,12 @@ class FlakyReceiver:
                 if status == 429:
                     headers.append((b"retry-after", b"1"))
                 await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": b'{"error":"unavailable","message":"test"}'})
+                await send(
+                    {"type": "http.response.body", "body": b'{"error":"unavailable","message":"test"}'}
+                )
                 return
             if action == "late":  # land the rows, answer after the gateway gave up waiting
+
                 async def late_send(msg: dict[str, Any]) -> None:
                     if msg["type"] == "http.response.start":
                         await asyncio.sleep(1.5)
@@ -210,6 +233,9 @@ async def test_receiver_down_failing_throttling_and_late_then_exactly_once(tmp_p
 
 
 def _gateway_toml(tmp_path: Path, modbus_port: int, rx_url: str, panel_port: int) -> Path:
+    point_list = ", ".join(
+        f'{{ name = "r{i}", kind = "holding", address = {i}, period_s = {PERIOD} }}' for i in range(POINTS)
+    )
     text = f"""
 version = 1
 [gateway]
@@ -231,7 +257,7 @@ retry_max_s = 0.3
 timeout_s = 0.3
 backoff_min_s = 0.2
 backoff_max_s = 0.5
-points = [{', '.join(f'{{ name = "r{i}", kind = "holding", address = {i}, period_s = {PERIOD} }}' for i in range(POINTS))}]
+points = [{point_list}]
 [[links]]
 name = "line"
 protocol = "modbus_tcp"
@@ -262,6 +288,7 @@ class HoldFirstAck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/batches" and not self.holding.is_set():
+
             async def held_send(msg: dict[str, Any]) -> None:
                 if msg["type"] == "http.response.start":
                     self.holding.set()
@@ -343,5 +370,7 @@ async def test_sigkill_mid_upload_then_restart_no_loss_no_duplicate(tmp_path: Pa
     assert dups[0] > 0  # the batch landed before the kill was sent again after the restart ...
     assert (rows, distinct, lo, hi) == (acked, acked, 1, acked)  # ... and landed once
     assert stats["rows"] == acked
-    assert acked + kept == committed  # the rest (the stop marks written on SIGTERM) is kept for the next start
+    assert (
+        acked + kept == committed
+    )  # the rest (the stop marks written on SIGTERM) is kept for the next start
     assert kept <= 2 * POINTS

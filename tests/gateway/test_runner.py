@@ -62,8 +62,16 @@ def hp(name: str, address: int, **kw: object) -> PointConfig:
 
 
 def tcp_link(port: int, *devices: DeviceConfig) -> LinkConfig:
-    return LinkConfig(name="tcp", protocol="modbus_tcp", host="127.0.0.1", port=port, connect_timeout_s=1.0,
-                      reconnect_min_s=0.05, reconnect_max_s=0.2, devices=devices)
+    return LinkConfig(
+        name="tcp",
+        protocol="modbus_tcp",
+        host="127.0.0.1",
+        port=port,
+        connect_timeout_s=1.0,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+        devices=devices,
+    )
 
 
 class Running:
@@ -103,8 +111,19 @@ async def test_polls_emit_and_stop_marks_old_data(sim: SimServer) -> None:
         await wait_for(lambda: sink.count(1) >= 1, what="first reading")
         st = dev_status(r, "d1")
         assert st["state"] == "ok" and st["link"] == "tcp" and st["polls"] >= 1
-        assert set(st) >= {"device", "link", "state", "last_good_ns", "last_latency_ms", "polls", "errors",
-                           "timeouts", "reconnects", "missed_slots", "lateness_p99_ms"}
+        assert set(st) >= {
+            "device",
+            "link",
+            "state",
+            "last_good_ns",
+            "last_latency_ms",
+            "polls",
+            "errors",
+            "timeouts",
+            "reconnects",
+            "missed_slots",
+            "lateness_p99_ms",
+        }
     assert sink.of(0)[0] == (10.0, GT) and sink.of(1)[0] == (2.5, GT)
     assert sink.of(0)[-1] == (10.0, OLD) and sink.of(1)[-1] == (2.5, OLD)  # last value, old-data, once
     assert sink.count(0, OLD) == 1
@@ -113,8 +132,9 @@ async def test_polls_emit_and_stop_marks_old_data(sim: SimServer) -> None:
 
 
 async def test_deadband_and_every_poll(sim: SimServer) -> None:
-    d = DeviceConfig(name="d1", unit_id=1, points=(hp("db", 0, deadband=5.0, period_s=0.05),
-                                                   hp("all", 1, period_s=0.05)))
+    d = DeviceConfig(
+        name="d1", unit_id=1, points=(hp("db", 0, deadband=5.0, period_s=0.05), hp("all", 1, period_s=0.05))
+    )
     sink = Sink()
     async with Running(tcp_link(sim.port, d), sink) as r:
         await wait_for(lambda: sink.count(1) >= 3, what="polls")
@@ -129,8 +149,14 @@ async def test_deadband_and_every_poll(sim: SimServer) -> None:
 
 
 async def test_silent_device_backed_off_failure_emitted_once(sim: SimServer) -> None:
-    d = DeviceConfig(name="d1", unit_id=1, timeout_s=0.1, backoff_min_s=0.1, backoff_max_s=0.2,
-                     points=(hp("a", 0, period_s=0.05),))
+    d = DeviceConfig(
+        name="d1",
+        unit_id=1,
+        timeout_s=0.1,
+        backoff_min_s=0.1,
+        backoff_max_s=0.2,
+        points=(hp("a", 0, period_s=0.05),),
+    )
     sink = Sink()
     async with Running(tcp_link(sim.port, d), sink) as r:
         await wait_for(lambda: sink.count(0) >= 1, what="first reading")
@@ -212,8 +238,12 @@ async def test_staleness_and_missed_slots_with_injected_clock(sim: SimServer) ->
     def mono() -> int:
         return time.monotonic_ns() + jump[0]
 
-    d = DeviceConfig(name="d1", unit_id=1, stale_after_periods=3,
-                     points=(hp("a", 0, period_s=0.1), hp("slow", 1, period_s=100.0)))
+    d = DeviceConfig(
+        name="d1",
+        unit_id=1,
+        stale_after_periods=3,
+        points=(hp("a", 0, period_s=0.1), hp("slow", 1, period_s=100.0)),
+    )
     sink = Sink()
     async with Running(tcp_link(sim.port, d), sink, mono_ns=mono) as r:
         await wait_for(lambda: sink.count(0) >= 1 and sink.count(1) >= 1, what="first readings")
@@ -249,8 +279,9 @@ async def test_write_through_runner(sim: SimServer) -> None:
         await r.write("d1", "brk", 1)
         await r.write("d1", "sp", 49.5)
         assert bool(sim[1].coils[2])
-        await wait_for(lambda: sink.of(0)[-1:] == [(1.0, GT)] and sink.of(1)[-1:] == [(49.5, GT)],
-                       what="read back")
+        await wait_for(
+            lambda: sink.of(0)[-1:] == [(1.0, GT)] and sink.of(1)[-1:] == [(49.5, GT)], what="read back"
+        )
         with pytest.raises(ValueError):
             await r.write("d1", "ro", 1)
         with pytest.raises(KeyError):
@@ -281,10 +312,21 @@ async def test_dead_unit_on_shared_rtu_line_does_not_delay_the_other(tmp_path: P
             period = 0.2
             good = DeviceConfig(name="good", unit_id=1, timeout_s=0.15, points=(hp("a", 0, period_s=period),))
             # unit 9 is absent; three separate blocks would cost 3 × 0.15 s per poll without back-off
-            dead = DeviceConfig(name="dead", unit_id=9, timeout_s=0.15, backoff_min_s=1.0, backoff_max_s=1.0,
-                                points=tuple(hp(f"x{i}", 20 * i, period_s=period) for i in range(3)))
-            link = LinkConfig(name="rtu", protocol="modbus_rtu", serial_port=client_tty, baudrate=115200,
-                              devices=(good, dead))
+            dead = DeviceConfig(
+                name="dead",
+                unit_id=9,
+                timeout_s=0.15,
+                backoff_min_s=1.0,
+                backoff_max_s=1.0,
+                points=tuple(hp(f"x{i}", 20 * i, period_s=period) for i in range(3)),
+            )
+            link = LinkConfig(
+                name="rtu",
+                protocol="modbus_rtu",
+                serial_port=client_tty,
+                baudrate=115200,
+                devices=(good, dead),
+            )
             sink = Sink()
             clock: Callable[[], int] = time.monotonic_ns
             t0 = clock()
