@@ -262,7 +262,7 @@ async def test_fill_wait_sends_a_partial_batch_after_max_interval(store: Store) 
 async def served(backend: Backend) -> AsyncIterator[tuple[str, Faults, Backend]]:
     """The real receiver behind the fault injector, on 127.0.0.1:<free port>."""
     faults = Faults(build_app(backend, TOKENS), [])
-    async with ReceiverServer(faults) as server:  # type: ignore[arg-type]
+    async with ReceiverServer(faults) as server:
         yield f"{server.url}/v1/batches", faults, backend
 
 
