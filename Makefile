@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 SYSTEM_PACKAGES_TEST := socat
 
-.PHONY: demo test lint typecheck unit bench clean venv system-deps help
+.PHONY: demo test lint typecheck unit bench clean venv system-deps services help
 
 help:
 	@echo "make demo   - simulated IEDs + receiver + gateway + status page (Ctrl-C to stop)"
@@ -45,6 +45,17 @@ system-deps:
 	  fi; \
 	fi
 
+# The receiver's PostgreSQL backend is tested against a real server on 127.0.0.1:5432 (trust auth, db "test").
+services:
+	@if ! $(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2).close()' 2>/dev/null; then \
+	  if [ "$$(id -u)" = "0" ] && command -v pg_ctlcluster >/dev/null; then \
+	    echo "starting PostgreSQL"; pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	  else \
+	    echo "error: PostgreSQL is not listening on 127.0.0.1:5432 (the receiver tests need it);"; \
+	    echo "       start it, e.g.: sudo pg_ctlcluster \$$(ls /etc/postgresql) main start"; exit 1; \
+	  fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/gateway demo
 
@@ -55,10 +66,10 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-unit: $(TEST_STAMP) system-deps
+unit: $(TEST_STAMP) system-deps services
 	$(BIN)/python -m pytest -q
 
-test: $(TEST_STAMP) system-deps
+test: $(TEST_STAMP) system-deps services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

@@ -71,9 +71,7 @@ class Gateway:
             disk_budget_mb=cfg.storage.disk_budget_mb,
         )
         self.points = [
-            PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit)
-            for _, dev in cfg.devices()
-            for p in dev.points
+            PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit) for _, dev in cfg.devices() for p in dev.points
         ]
         ids = await asyncio.to_thread(self.store.register_points, self.points)
         self.point_ids = {p.name: int(i) for p, i in zip(self.points, ids, strict=True)}
@@ -199,7 +197,11 @@ async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:
     gw = Gateway(cfg)
     try:
         await gw.start()
-    except (BindError, StoreError, OSError) as e:
+    except BindError as e:
+        log.error("cannot start the status page: %s (change [panel] port in %s)", e, cfg.source or "the config")
+        await gw.stop()
+        return 4
+    except (StoreError, OSError) as e:
         log.error("cannot start: %s", e)
         await gw.stop()
         return 4

@@ -36,7 +36,10 @@ def pg_available() -> bool:
 def pg_schema() -> Iterator[str]:
     """A fresh schema name in the test database; dropped (CASCADE) afterwards."""
     if not pg_available():
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+        pytest.fail(
+            f"PostgreSQL not reachable at {PG_URL}: the receiver's PostgreSQL backend is tested against a real "
+            "server (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
+        )
     import psycopg
 
     name = f"cs_test_{uuid.uuid4().hex[:12]}"

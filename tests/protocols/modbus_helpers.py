@@ -33,7 +33,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = 
 def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """Two linked pseudo-terminals made by socat: bytes written to one are read from the other."""
     if not os.path.exists(SOCAT):
-        pytest.skip("socat not installed")
+        pytest.fail("socat is needed for the RTU tests: `make test` installs it (apt-get install socat)")
     a, b = str(tmp_path / "ttyA"), str(tmp_path / "ttyB")
     proc = subprocess.Popen(
         [SOCAT, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],

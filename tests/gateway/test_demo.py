@@ -1,0 +1,115 @@
+"""`gateway demo` (what `make demo` runs): IEDs, receiver and gateway come up, data flows, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from storefwd.store import Store
+
+
+def free_ports(n: int, consecutive: int = 1) -> list[int]:
+    ports: list[int] = []
+    socks = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            p = s.getsockname()[1]
+            if consecutive > 1 and len(ports) == 0:
+                try:
+                    s2 = socket.socket()
+                    socks.append(s2)
+                    s2.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+            ports.append(p)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    modbus, panel, receiver = free_ports(3, consecutive=2)
+    data = tmp_path / "demo-data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "demo",
+            "--data-dir",
+            str(data),
+            "--panel-port",
+            str(panel),
+            "--receiver-port",
+            str(receiver),
+            "--modbus-port",
+            str(modbus),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                status = get_json(f"http://127.0.0.1:{panel}/api/status")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            devices = status["devices"]
+            sinks = status["sinks"]
+            assert isinstance(devices, list) and isinstance(sinks, list)
+            if all(d["state"] == "ok" and d["polls"] >= 3 for d in devices) and sinks[0]["last_ack_seq"] > 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"demo did not come up: {status}")
+        assert [d["device"] for d in status["devices"]] == ["feeder1", "feeder2", "feeder3", "incomer"]
+        points = {p["point"]: p for p in status["points"]}
+        assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000
+        assert 49 < points["incomer.f"]["value"] < 51
+        html = urllib.request.urlopen(f"http://127.0.0.1:{panel}/", timeout=2).read().decode()
+        assert "feeder1.Ia" in html and "Cloud sync" in html
+
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert f"http://127.0.0.1:{panel}/" in text and "demo stopped" in text
+    assert "Traceback" not in text
+    with Store(data / "gateway.duckdb") as store:
+        acked = store.watermark("cloud")
+    con = duckdb.connect(str(data / "receiver.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT count(*), max(seq) FROM readings").fetchone()
+    finally:
+        con.close()
+    assert rows is not None and rows[0] == rows[1] == acked > 0
