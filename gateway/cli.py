@@ -1,6 +1,6 @@
 """The ``gateway`` command line.
 
-Exit codes (documented in README.md and docs/cli.md):
+Exit codes (documented in README.md and docs/config.md):
   0  success
   1  the config (or another input file) has errors; every error is printed
   2  usage error (unknown command or option)

@@ -21,7 +21,7 @@ import contextlib
 import re
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,6 +413,14 @@ def copy_binary_rows(gw: int, rows: pa.Table) -> bytes:
     return b"".join((_COPY_HEADER, a.tobytes(), _COPY_TRAILER))
 
 
+def _copy_into_temp(cur: Any, temp: str, like: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    """COPY ``rows`` into a transaction-scoped temp table shaped like ``like`` (names are constants)."""
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {like}) ON COMMIT DROP")
+    with cur.copy(f"COPY {temp} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
 class PostgresBackend(Backend):
     """PostgreSQL via psycopg 3: binary COPY into a temp table, then ``INSERT … ON CONFLICT DO NOTHING``.
 
@@ -535,41 +543,22 @@ class PostgresBackend(Backend):
                 new_q = 0
                 if quarantine.num_rows:
                     q = quarantine.to_pydict()
-                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_q (LIKE quarantine) ON COMMIT DROP")
-                    with cur.copy("COPY incoming_q FROM STDIN") as copy:
-                        for i in range(quarantine.num_rows):
-                            copy.write_row(
-                                (
-                                    gw,
-                                    batch_key,
-                                    q["row_index"][i],
-                                    q["seq"][i],
-                                    q["ts"][i],
-                                    q["point_id"][i],
-                                    q["value"][i],
-                                    q["quality"][i],
-                                    q["reason"][i],
-                                    received_ns,
-                                )
-                            )
+                    q_cols = ("row_index", "seq", "ts", "point_id", "value", "quality", "reason")
+                    _copy_into_temp(
+                        cur,
+                        "incoming_q",
+                        "quarantine",
+                        ((gw, batch_key, *(q[c][i] for c in q_cols), received_ns) for i in range(quarantine.num_rows)),
+                    )
                     cur.execute("INSERT INTO quarantine SELECT * FROM incoming_q ON CONFLICT DO NOTHING")
                     new_q = cur.rowcount
                 changed = _points_changed(self._points, gw, points)
                 if changed.num_rows:
                     p = changed.to_pydict()
-                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_p (LIKE points) ON COMMIT DROP")
-                    with cur.copy("COPY incoming_p FROM STDIN") as copy:
-                        for i in range(changed.num_rows):
-                            copy.write_row(
-                                (
-                                    gw,
-                                    p["point_id"][i],
-                                    p["name"][i],
-                                    p["device"][i],
-                                    p["point"][i],
-                                    p["unit"][i],
-                                )
-                            )
+                    p_cols = ("point_id", "name", "device", "point", "unit")
+                    _copy_into_temp(
+                        cur, "incoming_p", "points", ((gw, *(p[c][i] for c in p_cols)) for i in range(changed.num_rows))
+                    )
                     cur.execute(
                         "INSERT INTO points SELECT * FROM incoming_p ON CONFLICT (gw, point_id) "
                         "DO UPDATE SET "
