@@ -25,7 +25,7 @@ from cloud_sync.uploader import Uploader
 from gateway.asgi_server import AsgiServer, BindError
 from gateway.config import GatewayConfig
 from gateway.latest import LatestTable
-from gateway.model import PointInfo, ReadingBatch
+from gateway.model import Event, PointInfo, ReadingBatch
 from gateway.runner import LinkRunner
 from storefwd.store import Store
 
@@ -57,6 +57,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_wall_ns = 0
         self.emit_backpressure = 0  # emits refused by a full store queue (runners retry them)
+        self._comm_states: dict[str, str] = {}  # device -> last comm state recorded as an event
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -153,6 +154,41 @@ class Gateway:
                 return t.exception()
         return None
 
+    # -- events -------------------------------------------------------------------------------------------------
+    def comm_events(self) -> list[Event]:
+        """Events for devices whose comm state changed since the last call (the first "ok" is not news)."""
+        events: list[Event] = []
+        now = self.wall_ns()
+        for r in self.runners:
+            for d in r.status():
+                name, state = str(d["device"]), str(d["state"])
+                before = self._comm_states.get(name, "starting")
+                if state == before or state == "starting":
+                    continue
+                self._comm_states[name] = state
+                if before == "starting" and state == "ok":
+                    continue
+                lost = state in ("backoff", "disconnected")
+                events.append(
+                    Event(
+                        ts=now,
+                        kind="comm",
+                        message=f"{name}: communication {'lost' if lost else 'restored'} ({before} → {state})",
+                        priority=1 if lost else 2,
+                        device=name,
+                    )
+                )
+        return events
+
+    async def record_comm_events(self) -> int:
+        """Store comm-state changes as events (priority 1 for a loss). Returns how many were stored."""
+        events = self.comm_events()
+        if events and self.store is not None:
+            await asyncio.to_thread(self.store.add_events, events)
+            for ev in events:
+                log.warning(ev.message) if ev.priority <= 1 else log.info(ev.message)
+        return len(events)
+
     # -- status -------------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Snapshot for the status page and ``/api/status`` (JSON-serialisable)."""
@@ -211,6 +247,7 @@ async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
+            await gw.record_comm_events()
             err = gw.failed_task()
             if err is not None:
                 log.error("a component failed, stopping: %r", err)
