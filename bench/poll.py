@@ -5,16 +5,22 @@ Run from the repo root: ``.venv/bin/python -m bench.poll [--devices 200 --regist
 Three processes, so each side's CPU and memory are its own:
 - **sim**: one child serving every device on its own TCP port on 127.0.0.1 (the real pymodbus server, through
   :mod:`hil_tests.modbus_sim`), values changing every second.
-- **gateway**: one child running one :class:`gateway.runner.LinkRunner` per device (each device is its own
-  link, as with real IEDs), every register a uint16 point of the same period. ``emit`` counts readings, or
-  with ``--store`` offers them to a real :class:`storefwd.Store`. After ``--warmup`` s it measures for
-  ``--duration`` s: readings delivered per second, poll lateness p99 (start − deadline), its RSS and CPU.
+- **gateway**: one child running the real daemon object, :class:`gateway.app.Gateway` (its
+  :class:`storefwd.Store` with the ``[storage]`` defaults in a temp dir, its latest-value table, one
+  :class:`gateway.runner.LinkRunner` per device -- each device its own link, as with real IEDs), every
+  register a uint16 point of the same period; it first imports every module a configured gateway loads
+  (uploader, status page), so its RSS is the real daemon's. No sink or panel runs. ``--no-store``: runners
+  only, ``emit`` just counts (the poller-only figure). After ``--warmup`` s it measures for ``--duration`` s:
+  readings delivered per second, poll lateness p99 (start − deadline), its RSS (sampled once a second) and CPU.
 - **this process**: starts both, then (gateway stopped) measures the baseline: the same registers read one per
   request with pymodbus' synchronous client in a loop, as naive gateways do, for ``--baseline-s`` seconds.
 
-The last stdout line is one JSON object: ``points_per_s``, ``lateness_p99_ms``, ``gateway_rss_mb``,
-``gateway_cpu_pct`` (of one core), ``baseline_points_per_s``, ``devices``, ``registers_per_device``, and
-context.
+The last stdout line is one JSON object: ``points_per_s``, ``lateness_p99_ms``, ``gateway_rss_mb`` (median
+of the 1 s samples of the measuring window: the steady state), ``gateway_rss_peak_mb`` (VmHWM, whole run),
+``gateway_rss_anon_mb``/``gateway_rss_file_mb`` (the same median split into private anonymous memory and
+file-backed pages, i.e. mostly shared-library code), ``rss_after_imports_mb`` (right after the imports, before
+any device or store; ``rss_start_mb`` is the child before them, with numpy), ``gateway_cpu_pct`` (of one core),
+``baseline_points_per_s``, ``devices``, ``registers_per_device``, and context.
 """
 
 from __future__ import annotations
@@ -75,12 +81,27 @@ async def _sim_main(devices: int, registers: int) -> None:
 # ----------------------------------------------------------------------------------- gateway child
 
 
+def _gateway_imports(store: bool) -> None:
+    """Import what the child runs. With the store: every module a configured gateway loads (daemon, store,
+    uploader with httpx/tenacity/pyarrow.compute, status page with starlette/uvicorn), so
+    ``rss_after_imports_mb`` is the real daemon's. Without: the runners only (the poller-only figure)."""
+    import gateway.runner
+
+    if store:
+        import cloud_sync.uploader  # noqa: F401
+        import gateway.app
+        import gateway.asgi_server
+        import gateway.status_page  # noqa: F401
+
+
 async def _gateway_main(ports: list[int], registers: int, period: float, warmup: float, duration: float,
-                        store_path: str | None) -> dict[str, Any]:
-    from gateway.config import DeviceConfig, LinkConfig, PointConfig
+                        store_path: str | None, rss_start: float) -> dict[str, Any]:
+    from gateway.config import DeviceConfig, GatewayConfig, LinkConfig, PanelConfig, PointConfig, StorageConfig
     from gateway.model import ReadingBatch
     from gateway.runner import LinkRunner
 
+    _gateway_imports(store_path is not None)
+    rss_imports = _rss_mb()
     points = tuple(PointConfig(name=f"r{i}", kind="holding", address=i, period_s=period)
                    for i in range(registers))
     links = [
@@ -88,55 +109,76 @@ async def _gateway_main(ports: list[int], registers: int, period: float, warmup:
                    devices=(DeviceConfig(name=f"d{k}", unit_id=1, timeout_s=1.0, points=points),))
         for k, port in enumerate(ports)
     ]
-    names = [f"d{k}.r{i}" for k in range(len(ports)) for i in range(registers)]
-    store: Any = None
-    if store_path:
-        from gateway.model import PointInfo
-        from storefwd import Store
-
-        store = Store(Path(store_path))
-        ids = store.register_points([PointInfo(n, n.split(".")[0], n.split(".")[1]) for n in names])
-        point_ids = dict(zip(names, ids.tolist(), strict=True))
-    else:
-        point_ids = {n: i for i, n in enumerate(names)}
     delivered = [0]
-    refused = [0]
+    gw: Any = None
+    if store_path:
+        # the real daemon object: Store (with the [storage] defaults) + runners + latest-value table, no
+        # panel/sinks running (their modules are imported above)
+        from gateway.app import Gateway
 
-    def emit(batch: ReadingBatch) -> bool:
-        if store is not None and not store.offer(batch):
-            refused[0] += 1
-            return False
-        delivered[0] += len(batch)
-        return True
+        class _CountingGateway(Gateway):
+            def _emit(self, batch: ReadingBatch) -> bool:
+                ok = super()._emit(batch)
+                if ok:
+                    delivered[0] += len(batch)
+                return ok
 
-    runners = [LinkRunner(link, point_ids, emit) for link in links]
-    tasks = [asyncio.create_task(r.run()) for r in runners]
+        cfg = GatewayConfig(id="bench", data_dir=Path(store_path).parent, links=tuple(links),
+                            storage=StorageConfig(path=Path(store_path)), panel=PanelConfig(port=0))
+        gw = _CountingGateway(cfg)
+        await gw.start()
+        runners: list[LinkRunner] = gw.runners
+    else:
+        names = [f"d{k}.r{i}" for k in range(len(ports)) for i in range(registers)]
+        point_ids = {n: i for i, n in enumerate(names)}
+
+        def emit(batch: ReadingBatch) -> bool:
+            delivered[0] += len(batch)
+            return True
+
+        runners = [LinkRunner(link, point_ids, emit) for link in links]
+        tasks = [asyncio.create_task(r.run()) for r in runners]
     await asyncio.sleep(warmup)
     for r in runners:
         r.reset_window()
     n0, c0, t0 = delivered[0], _cpu_s(), time.monotonic()
-    await asyncio.sleep(duration)
+    samples: list[tuple[float, float, float]] = []  # (VmRSS, RssAnon, RssFile) once a second
+    end = t0 + duration
+    while (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(min(1.0, left))
+        samples.append((_rss_mb(), _rss_mb("RssAnon"), _rss_mb("RssFile")))
     n1, c1, t1 = delivered[0], _cpu_s(), time.monotonic()
-    rss = _rss_mb()
     lateness = np.concatenate([r.lateness_ns() for r in runners])
     status = [s for r in runners for s in r.status()]
-    for r in runners:
-        r.stop()
-    await asyncio.gather(*tasks)
-    if store is not None:
-        store.close()
+    refused = 0
+    if gw is not None:
+        refused = gw.emit_backpressure
+        store_stats = gw.store.stats()
+        await gw.stop()
+    else:
+        store_stats = {}
+        for r in runners:
+            r.stop()
+        await asyncio.gather(*tasks)
+    med = np.median(np.array(samples), axis=0) if samples else np.full(3, np.nan)
     return {
         "points_per_s": (n1 - n0) / (t1 - t0),
         "lateness_p99_ms": float(np.percentile(lateness, 99)) / 1e6 if lateness.size else float("nan"),
         "lateness_max_ms": float(lateness.max()) / 1e6 if lateness.size else float("nan"),
-        "gateway_rss_mb": rss,
+        "gateway_rss_mb": float(med[0]),
+        "gateway_rss_anon_mb": float(med[1]),
+        "gateway_rss_file_mb": float(med[2]),
+        "gateway_rss_window_max_mb": max((s[0] for s in samples), default=float("nan")),
         "gateway_rss_peak_mb": _rss_mb("VmHWM"),
+        "rss_start_mb": rss_start,
+        "rss_after_imports_mb": rss_imports,
         "gateway_cpu_pct": 100.0 * (c1 - c0) / (t1 - t0),
         "polls": len(lateness),
         "missed_slots": sum(s["missed_slots"] for s in status),
         "timeouts": sum(s["timeouts"] for s in status),
         "errors": sum(s["errors"] for s in status),
-        "store_refused": refused[0],
+        "store_refused": refused,
+        "store_commits": int(store_stats.get("commits", 0)),
     }
 
 
@@ -179,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=4.0)
     ap.add_argument("--duration", type=float, default=25.0)
     ap.add_argument("--baseline-s", type=float, default=8.0)
-    ap.add_argument("--store", action="store_true", help="offer readings to a real storefwd.Store (temp dir)")
+    ap.add_argument("--no-store", dest="store", action="store_false",
+                    help="runners only (poller-only figures); by default the child is the real gateway: "
+                         "gateway.app.Gateway with its storefwd.Store in a temp dir")
     ap.add_argument("--role", choices=["main", "sim", "gateway"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--ports", default="", help=argparse.SUPPRESS)
     ap.add_argument("--store-path", default="", help=argparse.SUPPRESS)
@@ -189,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_sim_main(a.devices, a.registers))
         return 0
     if a.role == "gateway":
+        rss_start = _rss_mb()
         gw_ports = [int(p) for p in a.ports.split(",")]
-        res = asyncio.run(
-            _gateway_main(gw_ports, a.registers, a.period, a.warmup, a.duration, a.store_path or None))
+        res = asyncio.run(_gateway_main(gw_ports, a.registers, a.period, a.warmup, a.duration,
+                                        a.store_path or None, rss_start))
         print(json.dumps(res), flush=True)
         return 0
 
@@ -235,12 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         "expected_points_per_s": a.devices * a.registers / a.period,
         "lateness_max_ms": round(result["lateness_max_ms"], 3),
         "gateway_rss_peak_mb": round(result["gateway_rss_peak_mb"], 1),
+        "gateway_rss_window_max_mb": round(result["gateway_rss_window_max_mb"], 1),
+        "gateway_rss_anon_mb": round(result["gateway_rss_anon_mb"], 1),
+        "gateway_rss_file_mb": round(result["gateway_rss_file_mb"], 1),
+        "rss_after_imports_mb": round(result["rss_after_imports_mb"], 1),
+        "rss_start_mb": round(result["rss_start_mb"], 1),
         "polls": result["polls"],
         "missed_slots": result["missed_slots"],
         "timeouts": result["timeouts"],
         "errors": result["errors"],
         "store": a.store,
         "store_refused": result["store_refused"],
+        "store_commits": result["store_commits"],
         "duration_s": a.duration,
     }
     print(json.dumps(out))

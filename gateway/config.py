@@ -86,6 +86,8 @@ class StorageConfig:
         250  # group-commit interval of the writer thread (at most one commit this often)
     )
     queue_rows: int = 1_000_000  # bound of the writer queue in rows (back-pressure beyond it)
+    checkpoint_threshold_mb: float = 4.0  # WAL size (MiB) that triggers a checkpoint; bounds WAL rows held in RAM
+    memory_limit_mb: int = 256  # ceiling of DuckDB's buffer pool in MiB (0 = DuckDB default, 80 % of RAM)
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,6 +243,11 @@ class _Loader:
             self.err("storage.commit_interval_ms", "must be 1..60000")
         if kw.get("queue_rows", 1_000_000) < 1000:
             self.err("storage.queue_rows", "must be at least 1000")
+        if not 0 < kw.get("checkpoint_threshold_mb", 4.0) <= 1024:
+            self.err("storage.checkpoint_threshold_mb", "must be > 0 and <= 1024")
+        mem = kw.get("memory_limit_mb", 256)
+        if mem != 0 and not 32 <= mem <= 1_048_576:
+            self.err("storage.memory_limit_mb", "must be 0 (DuckDB default) or 32..1048576")
         return StorageConfig(**kw)
 
     def sinks(self, raw: Any) -> list[SinkConfig]:

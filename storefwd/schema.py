@@ -27,6 +27,25 @@ DUCKDB_CONFIG: Final[dict[str, str]] = {
     "fsync_mode": "STANDARD",
 }
 
+# Memory settings (docs/storage.md, "Memory"). Rows committed through the WAL stay in DuckDB's memory until the
+# WAL is checkpointed into the file; DuckDB's default threshold (16 MiB ≈ 600k readings) let the gateway grow by
+# ≈18 MB between checkpoints at 20k readings/s. 4 MiB keeps that to a few MB for one checkpoint every ≈8 s.
+CHECKPOINT_THRESHOLD_MB: Final = 4.0
+# Ceiling of DuckDB's buffer pool (its default is 80 % of RAM). Normal operation uses far less; the ceiling
+# stops a large aggregate or a long backlog read from taking the RAM of a small gateway (DuckDB spills to
+# ``<file>.tmp`` beyond it). 0 keeps DuckDB's default.
+MEMORY_LIMIT_MB: Final = 256
+
+
+def duckdb_config(checkpoint_threshold_mb: float = CHECKPOINT_THRESHOLD_MB,
+                  memory_limit_mb: int = MEMORY_LIMIT_MB) -> dict[str, str]:
+    """The ``duckdb.connect()`` config of the store: :data:`DUCKDB_CONFIG` plus the memory settings."""
+    cfg = dict(DUCKDB_CONFIG)
+    cfg["checkpoint_threshold"] = f"{int(checkpoint_threshold_mb * 1024)}KiB"
+    if memory_limit_mb:
+        cfg["memory_limit"] = f"{int(memory_limit_mb)}MiB"
+    return cfg
+
 # No PRIMARY KEY / index on readings: an ART index on seq costs ingest speed and memory, while seq is
 # assigned in increasing order so DuckDB's zonemaps already make ``seq > x ORDER BY seq LIMIT n`` cheap.
 DDL: Final[tuple[str, ...]] = (

@@ -151,6 +151,9 @@ class Store:
       False beyond it. A single batch larger than the bound is accepted only into an empty queue.
     - ``disk_budget_mb``: disk space (MiB) the file may use; reported in :meth:`stats` (``over_budget``).
       Enforcing it (eviction, downsampling) is not implemented yet.
+    - ``checkpoint_threshold_mb``: WAL size (MiB) at which DuckDB checkpoints it into the file. Rows committed
+      through the WAL stay in memory until that checkpoint, so this bounds that memory (see docs/storage.md).
+    - ``memory_limit_mb``: ceiling of DuckDB's buffer pool (MiB); 0 keeps DuckDB's default (80 % of RAM).
     """
 
     def __init__(
@@ -160,6 +163,8 @@ class Store:
         commit_interval_ms: int = 250,
         queue_rows: int = 1_000_000,
         disk_budget_mb: float = 1024.0,
+        checkpoint_threshold_mb: float = schema.CHECKPOINT_THRESHOLD_MB,
+        memory_limit_mb: int = schema.MEMORY_LIMIT_MB,
     ) -> None:
         if commit_interval_ms < 0:
             raise ValueError("commit_interval_ms must be >= 0")
@@ -167,6 +172,11 @@ class Store:
             raise ValueError("queue_rows must be >= 1")
         if disk_budget_mb <= 0:
             raise ValueError("disk_budget_mb must be > 0")
+        if checkpoint_threshold_mb <= 0:
+            raise ValueError("checkpoint_threshold_mb must be > 0")
+        if memory_limit_mb < 0:
+            raise ValueError("memory_limit_mb must be >= 0")
+        self._duckdb_config = schema.duckdb_config(checkpoint_threshold_mb, memory_limit_mb)
         self._path = Path(path)
         self._interval_s = commit_interval_ms / 1000.0
         self._queue_rows = int(queue_rows)
@@ -222,10 +232,17 @@ class Store:
         commit_interval_ms: int = 250,
         queue_rows: int = 1_000_000,
         disk_budget_mb: float = 1024.0,
+        checkpoint_threshold_mb: float = schema.CHECKPOINT_THRESHOLD_MB,
+        memory_limit_mb: int = schema.MEMORY_LIMIT_MB,
     ) -> Store:
         """Same as the constructor (reads better at call sites: ``with Store.open(p) as store:``)."""
         return cls(
-            path, commit_interval_ms=commit_interval_ms, queue_rows=queue_rows, disk_budget_mb=disk_budget_mb
+            path,
+            commit_interval_ms=commit_interval_ms,
+            queue_rows=queue_rows,
+            disk_budget_mb=disk_budget_mb,
+            checkpoint_threshold_mb=checkpoint_threshold_mb,
+            memory_limit_mb=memory_limit_mb,
         )
 
     def __enter__(self) -> Store:
@@ -242,7 +259,8 @@ class Store:
     def _connect(self) -> duckdb.DuckDBPyConnection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return duckdb.connect(str(self._path), config=dict(schema.DUCKDB_CONFIG))
+            config: dict[str, str | bool | int | float | list[str]] = dict(self._duckdb_config)
+            return duckdb.connect(str(self._path), config=config)
         except duckdb.Error as e:
             text = str(e)
             if "lock" in text.lower():

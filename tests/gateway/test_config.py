@@ -116,6 +116,10 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
             ('type = "float32"', 'type = "float32"\nwritable = true'),
             "only coil and holding points can be written",
         ),
+        (("[gateway]", "[storage]\ncheckpoint_threshold_mb = 0\n[gateway]"), "storage.checkpoint_threshold_mb"),
+        (("[gateway]", "[storage]\nmemory_limit_mb = 8\n[gateway]"), "storage.memory_limit_mb: must be 0"),
+        (("[gateway]", "[storage]\ncommit_interval_ms = 0\n[gateway]"), "storage.commit_interval_ms: must be 1..60000"),
+        (("[gateway]", "[panel]\nport = 70000\n[gateway]"), "panel.port: must be 0..65535"),
     ],
 )
 def test_each_mistake_has_its_message(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
