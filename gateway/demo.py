@@ -144,8 +144,9 @@ def run_demo(
         print(
             "\n"
             f"  Gateway status page : http://127.0.0.1:{panel_port}/   (JSON: /api/status)\n"
-            f"  Cloud receiver      : http://127.0.0.1:{receiver_port}/v1/gateways/{cfg.id}/stats"
-            f"   (OpenAPI: /openapi.json)\n"
+            f"  Cloud receiver      : http://127.0.0.1:{receiver_port}/openapi.json\n"
+            f"      landed rows     : curl -H 'Authorization: Bearer {RECEIVER_TOKEN}' "
+            f"http://127.0.0.1:{receiver_port}/v1/gateways/{cfg.id}/stats\n"
             f"  Simulated IEDs      : modbus tcp 127.0.0.1:{modbus_port} (units 1-3), 127.0.0.1:{modbus_port + 1}\n"
             f"  Data                : {data_dir}\n"
             "  Press Ctrl-C to stop.\n",
