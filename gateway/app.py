@@ -96,6 +96,14 @@ class Gateway:
         ids = await asyncio.to_thread(self.store.register_points, self.points)
         self.point_ids = {p.name: int(i) for p, i in zip(self.points, ids, strict=True)}
         self.latest = LatestTable(max(self.point_ids.values(), default=0))
+        if cfg.protection_problems:
+            alarms = [
+                Event(ts=self.wall_ns(), kind="alarm", priority=0, message=f"protection element not armed: {p}")
+                for p in cfg.protection_problems
+            ]
+            for ev in alarms:
+                log.error(ev.message)
+            await asyncio.to_thread(self.store.add_events, alarms)
 
         if cfg.sinks:
             from cloud_sync.uploader import Uploader
@@ -291,7 +299,7 @@ def run_from_file(path: Path) -> int:
     from gateway.config_load import ConfigError, ConfigFileError, load_config
 
     try:
-        cfg, warnings = load_config(path)
+        cfg, warnings = load_config(path, strict_protection=False)
     except (ConfigFileError, ConfigError) as e:
         return cmd_check_config_errors(e, path)
     setup_logging(cfg.log_level)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from protection.settings import ProtectionSettings
+
 CONFIG_VERSION = 1
 
 RegisterKind = Literal["coil", "discrete", "input", "holding"]
@@ -117,7 +119,10 @@ class GatewayConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)  # local store
     sinks: tuple[SinkConfig, ...] = ()  # cloud ingestion endpoints
     panel: PanelConfig = field(default_factory=PanelConfig)  # local status page
+    protection: ProtectionSettings = field(default_factory=ProtectionSettings)  # elements, see docs/protection.md
     source: Path | None = None  # file the config was read from (set by the loader, not a setting)
+    # Protection settings problems tolerated by `gateway run` (those elements do not arm; set by the loader).
+    protection_problems: tuple[str, ...] = ()
 
     @property
     def store_path(self) -> Path:

@@ -61,7 +61,7 @@ class ConfigFileError(ConfigError):
 
 # Top-level tables and the dataclass each one fills. "gateway" holds GatewayConfig's scalar settings.
 _GATEWAY_SCALARS = ("id", "data_dir", "log_level")
-_TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates")
+_TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates", "protection")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -81,10 +81,12 @@ def _suggest(word: str, options: typing.Iterable[str]) -> str:
 
 
 class _Loader:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, strict_protection: bool = True) -> None:
         self.file = file
+        self.strict_protection = strict_protection
         self.problems: list[ConfigProblem] = []
         self.warnings: list[str] = []
+        self.protection_problems: list[ConfigProblem] = []
 
     def err(self, key: str, message: str, device: str = "") -> None:
         self.problems.append(ConfigProblem(self.file, key, message, device))
@@ -217,6 +219,13 @@ class _Loader:
         sinks = self.sinks(data.get("sinks", []))
         templates = self.templates(data.get("templates", {}))
         links = self.links(data.get("links", []), templates)
+        from protection.config import parse_protection  # here: protection.config imports this module
+
+        protection, prot_problems = parse_protection(data.get("protection"), self.file)
+        if self.strict_protection:
+            self.problems.extend(prot_problems)
+        else:
+            self.protection_problems.extend(prot_problems)
 
         if self.problems:
             return None
@@ -231,6 +240,8 @@ class _Loader:
             storage=storage or StorageConfig(),
             sinks=tuple(sinks),
             panel=PanelConfig(**(panel_kw or {})),
+            protection=protection,
+            protection_problems=tuple(str(p) for p in self.protection_problems),
         )
 
     def storage(self, raw: Any) -> StorageConfig | None:
@@ -467,8 +478,14 @@ def parse_config(
     return cfg
 
 
-def load_config(path: str | Path) -> tuple[GatewayConfig, list[str]]:
-    """Read and validate ``path``. Returns the config and warnings (e.g. a missing version that was assumed)."""
+def load_config(path: str | Path, *, strict_protection: bool = True) -> tuple[GatewayConfig, list[str]]:
+    """Read and validate ``path``. Returns the config and warnings (e.g. a missing version that was assumed).
+
+    ``strict_protection=False`` (what ``gateway run`` uses) does not refuse the whole file for a problem in the
+    ``[protection]`` section: the affected elements do not arm, the problems are kept in
+    ``cfg.protection_problems`` and the daemon raises an alarm for each — substation polling must not stop
+    because one protection setting is wrong. ``gateway check-config`` is strict and reports them as errors.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -480,7 +497,7 @@ def load_config(path: str | Path) -> tuple[GatewayConfig, list[str]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigFileError([ConfigProblem(str(p), "", f"not valid TOML: {e}")]) from None
-    loader = _Loader(str(p))
+    loader = _Loader(str(p), strict_protection)
     cfg = loader.load(data, p.resolve().parent)
     if cfg is None:
         raise ConfigError(loader.problems)

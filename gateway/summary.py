@@ -21,6 +21,12 @@ def format_summary(cfg: GatewayConfig) -> str:
         f"  {total_rps:.1f} Modbus requests/s after block coalescing ({naive_rps:.1f} if read one point per request)",
         f"  store: {cfg.store_path} (budget {cfg.storage.disk_budget_mb:g} MiB)",
     ]
+    prot = cfg.protection
+    if prot.group1 or prot.group2:
+        for n, group in ((1, prot.group1), (2, prot.group2)):
+            names = ", ".join(f"{e.name} ({e.type})" for e in group) or "none"
+            active = " (active)" if prot.active_group == n else ""
+            lines.append(f"  protection group {n}{active}: {names}")
     for s in cfg.sinks:
         lines.append(f"  sink {s.name}: {s.url} (batch {s.batch_size}, every {s.max_interval_s:g} s)")
     for link in cfg.links:

@@ -7,8 +7,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gateway.app import Gateway
 from gateway.config import DeviceConfig, GatewayConfig, LinkConfig, PanelConfig, PointConfig
+from gateway.config_load import ConfigError, load_config
 from hil_tests.modbus_sim import SimServer, SimUnit
 
 
@@ -60,3 +63,30 @@ async def test_status_snapshot_lists_devices_sinks_and_store(tmp_path: Path) -> 
     assert st["gateway_id"] == "gw"
     assert [d["device"] for d in st["devices"]] == ["d1", "d2"]
     assert st["sinks"] == [] and st["store"]["last_seq"] >= 4
+
+
+async def test_bad_protection_setting_raises_alarm_and_gateway_runs(tmp_path: Path) -> None:
+    text = """
+version = 1
+[gateway]
+id = "gw"
+[panel]
+port = 0
+[[protection.group1.elements]]
+type = "51"
+name = "51P"
+pickup_a = -5
+curve = "IEC_SI"
+tms = 0.1
+"""
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"elements\[51P\]\.pickup_a"):
+        load_config(path)  # check-config is strict
+    cfg, _ = load_config(path, strict_protection=False)
+    assert len(cfg.protection_problems) == 1
+    async with Gateway(cfg) as gw:
+        assert gw.store is not None
+        events = gw.store.events_after(0, 10).to_pylist()
+    assert [(e["kind"], e["priority"]) for e in events] == [("alarm", 0)]
+    assert "51P" in events[0]["message"] and "pickup_a" in events[0]["message"]

@@ -194,7 +194,17 @@ def _all_setting_names() -> set[str]:
         C.PointConfig,
     ):
         for f in dataclasses.fields(cls):
-            if f.name in ("source", "links", "storage", "sinks", "panel", "devices", "points"):
+            if f.name in (
+                "source",
+                "links",
+                "storage",
+                "sinks",
+                "panel",
+                "devices",
+                "points",
+                "protection",
+                "protection_problems",
+            ):
                 continue
             names.add(f.name)
     return names
@@ -206,3 +216,21 @@ def test_every_setting_is_documented() -> None:
     missing = _all_setting_names() - documented
     assert not missing, f"settings missing from docs/config.md: {sorted(missing)}"
     assert "version" in documented and "template" in documented
+
+
+def test_protection_section_is_parsed_and_its_errors_reported(tmp_path: Path) -> None:
+    section = """
+[protection]
+active_group = 1
+[[protection.group1.elements]]
+type = "51"
+name = "51P"
+pickup_a = 400
+curve = "IEC_SI"
+tms = 0.1
+"""
+    cfg, _ = load_config(write(tmp_path, GOOD + section))
+    (element,) = cfg.protection.group1
+    assert element.name == "51P"
+    msgs = problems(tmp_path, GOOD + section.replace("tms = 0.1", "tmss = 0.1"))
+    assert any("protection.group1.elements[51P].tmss" in m and "did you mean 'tms'?" in m for m in msgs), msgs
