@@ -1,0 +1,256 @@
+"""The protection process: spawned by the gateway, runs the cycle thread, talks back only through shared memory.
+
+:func:`start_protection_process` creates the event ring and the statistics block (the parent owns both
+segments), spawns a child with the ``spawn`` start method (a fresh interpreter: no inherited threads, locks or
+event loop) and returns a :class:`ProtectionHandle`. In the child (:func:`_child_main`):
+
+1. attach the segments, arm the :class:`ElementBank`, build the measurement source from its spec;
+2. ``gc.collect()``, ``gc.freeze()`` (everything built so far moves to the permanent generation and is never
+   scanned again), ``gc.disable()`` for the whole run;
+3. start the cycle thread, which first asks for ``SCHED_FIFO`` (``os.sched_setscheduler(0, ...)`` applies to the
+   calling thread on Linux) and pins itself to one CPU (``os.sched_setaffinity(0, {cpu})``). Either may be refused
+   (no CAP_SYS_NICE / RLIMIT_RTPRIO, a container, a CPU outside the allowed set): that is logged as a warning and
+   reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal;
+4. the main thread waits for the stop event (and exits when the parent dies); then it stops and joins the cycle
+   thread, marks the state ``stopped`` and exits.
+
+Garbage collection stays off the cycle: with the heap frozen and the hot path creating no reference cycles,
+collection is never needed for correctness. The one safe point is the cycle's ``idle`` hook, called right after a
+cycle that ended before the next deadline: when generation 0 holds more than ``GC_GEN0_LIMIT`` objects it runs
+``gc.collect(0)`` there (counted as ``gc_collects``), so a collection can only delay the following wake-up, whose
+lateness the histogram shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from protection.bank import ElementBank
+from protection.cycle import MIN_PERIOD_NS, Cycle
+from protection.settings import ProtectionSettings
+from protection.shm import EVENT_DTYPE, STATE_FAILED, STATE_RUNNING, STATE_STOPPED, CycleStats, EventRing, StatsSnapshot
+from protection.sources import SourceSpec, build_source
+
+log = logging.getLogger(__name__)
+
+GC_GEN0_LIMIT = 5000  # safe-point collection threshold (objects in generation 0)
+STOP_POLL_S = 0.02  # how often the child's main thread looks at the stop word (stop latency)
+DEFAULT_FIFO_PRIORITY = 80  # SCHED_FIFO priority asked for (1..99); above the kernel's threaded IRQs at 50
+
+
+@dataclass(frozen=True, slots=True)
+class _ChildArgs:
+    settings: ProtectionSettings
+    source: SourceSpec
+    period_ns: int
+    ring_name: str
+    stats_name: str
+    cpu: int | None  # CPU to pin the cycle thread to; None = the last CPU this process may use; -1 = do not pin
+    fifo_priority: int  # 0 = do not ask for SCHED_FIFO
+
+
+def _set_realtime(stats: CycleStats, cpu: int | None, priority: int) -> None:
+    """Ask for SCHED_FIFO and a CPU for the calling thread; report the outcome, never raise."""
+    if priority > 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            stats.set_fields(sched_fifo=1, sched_errno=0, fifo_priority=priority)
+        except (OSError, AttributeError) as e:
+            err = getattr(e, "errno", None) or -1
+            log.warning("protection: SCHED_FIFO %d refused (%s); running with the default scheduler", priority, e)
+            stats.set_fields(sched_fifo=0, sched_errno=err, fifo_priority=0)
+    if cpu is None or cpu >= 0:
+        try:
+            target = max(os.sched_getaffinity(0)) if cpu is None else cpu
+            os.sched_setaffinity(0, {target})
+            stats.set_fields(cpu=target, affinity_errno=0)
+        except (OSError, AttributeError, ValueError) as e:
+            err = getattr(e, "errno", None) or -1
+            log.warning("protection: pinning the cycle thread to CPU %s refused (%s); not pinned", cpu, e)
+            stats.set_fields(cpu=-1, affinity_errno=err)
+
+
+def _child_main(args: _ChildArgs) -> None:
+    """Entry point of the protection process (spawned). See the module doc for the sequence."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s protection[%(process)d] %(levelname)s %(message)s")
+    ring = EventRing.attach(args.ring_name)
+    stats = CycleStats.attach(args.stats_name)
+    parent = os.getppid()
+    try:
+        stats.set_fields(pid=os.getpid())
+        bank = ElementBank(args.settings)
+        for err in bank.errors:
+            log.warning("protection: element not armed: %s", err)
+        thread_stop = threading.Event()
+        failure: list[BaseException] = []
+
+        collects = [0]
+
+        def idle(deadline_ns: int) -> None:
+            if gc.get_count()[0] > GC_GEN0_LIMIT:
+                gc.collect(0)
+                collects[0] += 1
+                stats.set_fields(gc_collects=collects[0])
+
+        def cycle_thread() -> None:
+            try:
+                _set_realtime(stats, args.cpu, args.fifo_priority)
+                source = build_source(args.source, time.monotonic_ns())
+                cycle = Cycle(bank, source, args.period_ns, ring=ring, stats=stats, idle=idle)
+                stats.set_fields(state=STATE_RUNNING)
+                cycle.run(thread_stop)
+            except BaseException as e:  # reported through the stats block; the main thread exits
+                failure.append(e)
+                log.exception("protection: cycle thread failed")
+                stats.set_fields(state=STATE_FAILED)
+
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        t = threading.Thread(target=cycle_thread, name="protection-cycle")
+        t.start()
+        # The main thread polls the stop word: no multiprocessing lock or event is shared with the gateway, so a
+        # process killed at any point can leave nothing locked on either side.
+        while not stats.stop_requested() and t.is_alive():
+            if os.getppid() != parent:  # the gateway died: nobody reads our events any more
+                log.warning("protection: parent process gone; stopping")
+                break
+            time.sleep(STOP_POLL_S)
+        thread_stop.set()
+        t.join()
+        if not failure:
+            stats.set_fields(state=STATE_STOPPED)
+    finally:
+        gc.enable()
+        ring.close()
+        stats.close()
+
+
+class ProtectionHandle:
+    """The gateway's side of a running protection process. Owns the shared-memory segments. One thread uses it."""
+
+    def __init__(
+        self,
+        proc: Any,
+        ring: EventRing,
+        stats: CycleStats,
+        bank: ElementBank,
+    ) -> None:
+        self._proc = proc
+        self._ring = ring
+        self._stats = stats
+        self._names = (tuple(e.name for e in bank.elements(1)), tuple(e.name for e in bank.elements(2)))
+        self._closed = False
+        self.exitcode: int | None = None  # the child's exit code once stopped (negative: killed by that signal)
+
+    @property
+    def pid(self) -> int | None:
+        pid: int | None = self._proc.pid
+        return pid
+
+    def alive(self) -> bool:
+        """True while the child process runs."""
+        return not self._closed and bool(self._proc.is_alive())
+
+    def wait_exit(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the child to end (however it ends); True if it has."""
+        if not self._closed:
+            self._proc.join(timeout_s)
+        return not self.alive()
+
+    def element_name(self, group: int, index: int) -> str:
+        """Name of the element a ring record points at (``group`` 1/2, ``index`` its ``element`` field)."""
+        return self._names[group - 1][index]
+
+    def stats(self) -> StatsSnapshot:
+        """The cycle statistics (after ``stop``: the last figures)."""
+        return self._stats.snapshot()
+
+    def events(self) -> npt.NDArray[np.void]:
+        """Records published since the last call (``EVENT_DTYPE``); empty after ``stop``."""
+        if self._closed:
+            return np.empty(0, dtype=EVENT_DTYPE)
+        return self._ring.read_new()
+
+    @property
+    def events_overflow(self) -> int:
+        return 0 if self._closed else self._ring.overflow
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """Stop the child (idempotent, bounded): ask, then SIGTERM, then SIGKILL; free the segments.
+
+        Returns the exit code. Events still in the ring are dropped: read them before stopping.
+        """
+        if self._closed:
+            return self.exitcode
+        self._stats.request_stop()
+        self._proc.join(timeout_s)
+        if self._proc.is_alive():
+            log.warning("protection: process %s did not stop in %.1f s; terminating", self._proc.pid, timeout_s)
+            self._proc.terminate()
+            self._proc.join(1.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(1.0)
+        self.exitcode = self._proc.exitcode
+        with contextlib.suppress(ValueError):  # already closed
+            self._proc.close()
+        self._closed = True
+        self._ring.close(unlink=True)
+        self._stats.close(unlink=True)
+        return self.exitcode
+
+    def __enter__(self) -> ProtectionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_protection_process(
+    settings: ProtectionSettings,
+    source_spec: SourceSpec,
+    period_s: float = 0.005,
+    *,
+    cpu: int | None = None,
+    fifo_priority: int = DEFAULT_FIFO_PRIORITY,
+    ring_capacity: int = 4096,
+    start_timeout_s: float = 30.0,
+) -> ProtectionHandle:
+    """Spawn the protection process and wait until its cycle runs (or it failed). Returns its handle.
+
+    ``cpu``: CPU for the cycle thread (None: the highest this process may use; -1: do not pin).
+    ``fifo_priority``: SCHED_FIFO priority to ask for (0: do not ask). Raises ``RuntimeError`` when the child
+    does not come up within ``start_timeout_s`` (it is then stopped and the segments freed).
+    """
+    period_ns = round(period_s * 1e9)
+    if period_ns < MIN_PERIOD_NS:
+        raise ValueError(f"period_s {period_s} is below the minimum {MIN_PERIOD_NS / 1e9} s")
+    bank = ElementBank(settings)  # the parent's copy: element names for ring records, arming errors
+    ctx = mp.get_context("spawn")
+    ring = EventRing.create(ring_capacity)
+    stats = CycleStats.create()
+    stats.set_fields(period_ns=period_ns)
+    args = _ChildArgs(settings, source_spec, period_ns, ring.name, stats.name, cpu, fifo_priority)
+    proc = ctx.Process(target=_child_main, args=(args,), name="protection", daemon=True)
+    proc.start()
+    handle = ProtectionHandle(proc, ring, stats, bank)
+    deadline = time.monotonic() + start_timeout_s
+    while stats.snapshot().state == "starting" and proc.is_alive() and time.monotonic() < deadline:
+        proc.join(0.01)  # waits on the child's sentinel: returns early if it dies
+    if stats.snapshot().state != "running":
+        state = handle.stats().state
+        handle.stop()
+        raise RuntimeError(f"protection process did not start (state {state}, exit code {handle.exitcode})")
+    return handle

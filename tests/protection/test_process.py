@@ -1,0 +1,133 @@
+"""The protection process: spawned, trips on an injected fault, reports through shared memory, stops, dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from protection.output import EV_BLOCKED, EV_PICKUP, EV_TRIP
+from protection.process import ProtectionHandle, start_protection_process
+from protection.settings import OvercurrentSettings, ProtectionSettings
+from protection.shm import ELEMENT_CYCLE, EVENT_DTYPE
+from protection.sources import SimulatedFeederSpec, StalledSourceSpec
+
+SETTINGS = ProtectionSettings(
+    group1=(
+        OvercurrentSettings(name="50N", type="50N", pickup_a=5000.0),
+        OvercurrentSettings(name="50P", type="50", pickup_a=600.0, delay_s=0.02),
+    )
+)
+WAIT_S = 15.0  # generous bound for a condition on a loaded CI machine; tests end as soon as it holds
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    """Poll ``cond`` until it holds or the timeout passes (a condition wait, not a timing assumption)."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Collector:
+    """Accumulates the records read from a handle's ring."""
+
+    def __init__(self, h: ProtectionHandle) -> None:
+        self.h = h
+        self.recs = np.empty(0, dtype=EVENT_DTYPE)
+
+    def poll(self) -> np.ndarray:
+        self.recs = np.concatenate([self.recs, self.h.events()])
+        return self.recs
+
+    def has(self, element: int, bit: int) -> bool:
+        r = self.poll()
+        return bool(np.any((r["element"] == element) & (r["events"] & bit != 0)))
+
+
+@pytest.fixture
+def handles() -> Iterator[list[ProtectionHandle]]:
+    started: list[ProtectionHandle] = []
+    yield started
+    for h in started:
+        h.stop()
+
+
+def test_injected_fault_trip_reaches_the_parent_and_stop_works(handles: list[ProtectionHandle]) -> None:
+    spec = SimulatedFeederSpec(fault_at_s=0.05, fault_factor=10.0)  # load ~200 A -> ~2000 A, above 600 A
+    h = start_protection_process(SETTINGS, spec, period_s=0.001)
+    handles.append(h)
+    assert h.alive()
+    c = Collector(h)
+    assert wait_for(lambda: c.has(1, EV_TRIP))
+    r = c.recs
+    el = r[r["element"] == 1]
+    assert h.element_name(1, 1) == "50P"
+    pickup = el[el["events"] & EV_PICKUP != 0][0]
+    trip = el[el["events"] & EV_TRIP != 0][0]
+    assert int(trip["mono_ns"]) - int(pickup["mono_ns"]) >= 20_000_000  # the 20 ms definite time
+    assert int(trip["utc_ns"]) > int(pickup["utc_ns"])
+    assert abs(int(trip["utc_ns"]) - time.time_ns()) < 60 * 10**9  # a real UTC time, not a monotonic one
+    assert r["seq"].tolist() == list(range(1, len(r) + 1))
+    assert np.all(np.diff(r["mono_ns"]) >= 0)
+    assert not np.any((r["element"] == 0) & (r["events"] & EV_TRIP != 0))  # 50N (5000 A) does not trip
+    s = h.stats()
+    assert s.state == "running" and s.period_ns == 1_000_000 and s.cycles > 0 and s.pid == h.pid
+    assert h.stop() == 0
+    assert not h.alive()
+    assert h.stop() == 0  # idempotent
+    assert h.stats().state == "stopped"
+    assert h.events().size == 0
+
+
+def test_stalled_source_blocks_elements_and_the_cycle_keeps_running(handles: list[ProtectionHandle]) -> None:
+    h = start_protection_process(SETTINGS, StalledSourceSpec(), period_s=0.001, fifo_priority=0, cpu=-1)
+    handles.append(h)
+    c = Collector(h)
+    assert wait_for(lambda: c.has(0, EV_BLOCKED) and c.has(1, EV_BLOCKED))
+    first = h.stats().cycles
+    assert wait_for(lambda: h.stats().cycles >= first + 50)  # still cycling while blocked
+    assert h.stats().valid == 0
+    assert not np.any(c.poll()["events"][c.recs["element"] != ELEMENT_CYCLE] & EV_TRIP)
+    assert h.stop() == 0
+
+
+def test_killed_child_is_reported_not_alive(handles: list[ProtectionHandle]) -> None:
+    h = start_protection_process(SETTINGS, SimulatedFeederSpec(), period_s=0.005)
+    handles.append(h)
+    assert h.alive() and h.pid is not None
+    os.kill(h.pid, signal.SIGKILL)
+    assert h.wait_exit(WAIT_S)
+    assert not h.alive()
+    assert h.stop() == -signal.SIGKILL
+    assert h.stop() == -signal.SIGKILL
+
+
+def test_scheduling_outcome_is_reported(handles: list[ProtectionHandle]) -> None:
+    h = start_protection_process(SETTINGS, SimulatedFeederSpec(), period_s=0.005)
+    handles.append(h)
+    s = h.stats()
+    # Whatever this machine permits: either in force or refused with an errno, never "not asked".
+    assert s.sched_fifo in (0, 1)
+    assert (s.sched_fifo == 1) == (s.sched_errno == 0)
+    assert (s.sched_fifo == 1) == (s.fifo_priority > 0)
+    assert (s.cpu >= 0) == (s.affinity_errno == 0)
+    if s.cpu >= 0:
+        assert s.cpu in os.sched_getaffinity(0)
+    h.stop()
+    off = start_protection_process(SETTINGS, SimulatedFeederSpec(), period_s=0.005, fifo_priority=0, cpu=-1)
+    handles.append(off)
+    s = off.stats()
+    assert (s.sched_fifo, s.cpu) == (-1, -1)  # not asked: reported as such
+    off.stop()
+
+
+def test_too_short_period_is_refused() -> None:
+    with pytest.raises(ValueError, match="below the minimum"):
+        start_protection_process(SETTINGS, StalledSourceSpec(), period_s=1e-5)
