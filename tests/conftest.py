@@ -8,16 +8,21 @@ from collections.abc import Iterator
 
 import pytest
 
+EXEMPT_PREFIXES = ("asyncio_", "ThreadPoolExecutor")  # the loop's default executor, shut down by pytest-asyncio
+GRACE_S = 5.0  # a thread that is finishing gets this long to end (join), then counts as leaked
+
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     before = {t.ident for t in threading.enumerate()}
     yield
-    deadline = time.monotonic() + 5.0
-    while True:
-        extra = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
-        extra = [t for t in extra if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
-        if not extra or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not extra, f"test leaked threads: {[t.name for t in extra]}"
+    deadline = time.monotonic() + GRACE_S
+    extra = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t.is_alive() and not t.name.startswith(EXEMPT_PREFIXES)
+    ]
+    for t in extra:
+        t.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t.name for t in extra if t.is_alive()]
+    assert not leaked, f"test leaked threads: {leaked}"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,7 @@ from gateway.app import Gateway
 from gateway.config import DeviceConfig, GatewayConfig, LinkConfig, PanelConfig, PointConfig
 from gateway.config_load import ConfigError, load_config
 from hil_tests.modbus_sim import SimServer, SimUnit
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from tests.waiting import wait_for
 
 
 def config(tmp_path: Path, port: int) -> GatewayConfig:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import duckdb
 import pytest
 
 from storefwd.store import Store
+from tests.waiting import wait_until
 
 
 def free_ports(n: int, consecutive: int = 1) -> list[int]:
@@ -72,22 +72,19 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
         status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
+            nonlocal status
             try:
                 status = get_json(f"http://127.0.0.1:{panel}/api/status")
             except OSError:
-                time.sleep(0.2)
-                continue
-            devices = status["devices"]
-            sinks = status["sinks"]
-            assert isinstance(devices, list) and isinstance(sinks, list)
-            if all(d["state"] == "ok" and d["polls"] >= 3 for d in devices) and sinks[0]["last_ack_seq"] > 0:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"demo did not come up: {status}")
+                return False
+            return all(d["state"] == "ok" and d["polls"] >= 3 for d in status["devices"]) and bool(
+                status["sinks"][0]["last_ack_seq"] > 0
+            )
+
+        wait_until(up, 60, "the demo polling and syncing")
         assert [d["device"] for d in status["devices"]] == ["feeder1", "feeder2", "feeder3", "incomer"]
         points = {p["point"]: p for p in status["points"]}
         assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ from protection.process import ProtectionHandle, start_protection_process
 from protection.settings import OvercurrentSettings, ProtectionSettings
 from protection.shm import ELEMENT_CYCLE, EVENT_DTYPE
 from protection.sources import SimulatedFeederSpec, StalledSourceSpec
+from tests.waiting import wait_until
 
 SETTINGS = ProtectionSettings(
     group1=(
@@ -23,16 +24,6 @@ SETTINGS = ProtectionSettings(
     )
 )
 WAIT_S = 15.0  # generous bound for a condition on a loaded CI machine; tests end as soon as it holds
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    """Poll ``cond`` until it holds or the timeout passes (a condition wait, not a timing assumption)."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class Collector:
@@ -65,7 +56,7 @@ def test_injected_fault_trip_reaches_the_parent_and_stop_works(handles: list[Pro
     handles.append(h)
     assert h.alive()
     c = Collector(h)
-    assert wait_for(lambda: c.has(1, EV_TRIP))
+    wait_until(lambda: c.has(1, EV_TRIP), WAIT_S, "a TRIP event from the process")
     r = c.recs
     el = r[r["element"] == 1]
     assert h.element_name(1, 1) == "50P"
@@ -90,9 +81,9 @@ def test_stalled_source_blocks_elements_and_the_cycle_keeps_running(handles: lis
     h = start_protection_process(SETTINGS, StalledSourceSpec(), period_s=0.001, fifo_priority=0, cpu=-1)
     handles.append(h)
     c = Collector(h)
-    assert wait_for(lambda: c.has(0, EV_BLOCKED) and c.has(1, EV_BLOCKED))
+    wait_until(lambda: c.has(0, EV_BLOCKED) and c.has(1, EV_BLOCKED), WAIT_S, "both elements blocked")
     first = h.stats().cycles
-    assert wait_for(lambda: h.stats().cycles >= first + 50)  # still cycling while blocked
+    wait_until(lambda: h.stats().cycles >= first + 50, WAIT_S, "cycles while blocked")  # still cycling
     assert h.stats().valid == 0
     assert not np.any(c.poll()["events"][c.recs["element"] != ELEMENT_CYCLE] & EV_TRIP)
     assert h.stop() == 0

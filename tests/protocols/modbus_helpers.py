@@ -17,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
+
 SOCAT = shutil.which("socat") or "/usr/bin/socat"
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait until ``cond()`` is true (polled on the loop), failing the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -48,11 +41,7 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
             if not line or time.monotonic() > deadline:
                 raise AssertionError("socat did not create the pty pair")
             ready += "PTY is" in line
-        deadline = time.monotonic() + 10
-        while not (os.path.exists(a) and os.path.exists(b)):
-            if time.monotonic() > deadline:
-                raise AssertionError("pty links missing")
-            time.sleep(0.01)
+        wait_until(lambda: os.path.exists(a) and os.path.exists(b), 10, "the pty links")
         yield a, b
     finally:
         proc.terminate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,15 +20,6 @@ def batch(start: int, n: int, point_id: int = 1, quality: int = 0) -> ReadingBat
     """n readings whose value is start, start+1, ...: the value identifies the row."""
     vals = np.arange(start, start + n, dtype=np.float64)
     return ReadingBatch.of(T0 + vals.astype(np.int64) * 1000, np.full(n, point_id), vals, quality)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``cond`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class WriterGate:

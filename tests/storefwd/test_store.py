@@ -23,8 +23,9 @@ from storefwd import (
     StoreWriteError,
 )
 from storefwd import schema as sch
+from tests.waiting import wait_until
 
-from .helpers import T0, WriterGate, batch, threads, wait_until
+from .helpers import T0, WriterGate, batch, threads
 
 
 @pytest.fixture
