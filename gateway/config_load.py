@@ -65,7 +65,7 @@ _TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templa
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
+def suggest(word: str, options: typing.Iterable[str]) -> str:
     """ "; did you mean 'x'?" for the closest option(s); equally close options are all named, sorted."""
     opts = list(options)
     match = difflib.get_close_matches(word, opts, n=3, cutoff=0.6)
@@ -78,6 +78,47 @@ def _suggest(word: str, options: typing.Iterable[str]) -> str:
     best = ratio(match[0])
     tied = sorted(m for m in match if ratio(m) == best)
     return "; did you mean " + " or ".join(f"'{m}'" for m in tied) + "?"
+
+
+class _Bad:
+    pass
+
+
+BAD = _Bad()  # marks a value that did not convert
+
+
+def convert_toml_value(hint: Any, v: Any) -> tuple[Any, str]:
+    """``(value, "")`` or ``(BAD, message)`` for one TOML value against a dataclass field's type hint.
+
+    Shared by this loader and ``protection.config`` so every section reports type errors the same way.
+    """
+    origin = get_origin(hint)
+    if origin is Literal:
+        options = get_args(hint)
+        if v in options:
+            return v, ""
+        shown = ", ".join(repr(o) for o in options)
+        return BAD, f"invalid value {v!r}: expected one of {shown}{suggest(str(v), [str(o) for o in options])}"
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return convert_toml_value(args[0], v)
+    if hint is bool:
+        return (v, "") if isinstance(v, bool) else (BAD, f"expected true or false, got {v!r}")
+    if hint is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return BAD, f"expected an integer, got {v!r}"
+        return v, ""
+    if hint is float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return BAD, f"expected a number, got {v!r}"
+        return float(v), ""
+    if hint is str:
+        return (v, "") if isinstance(v, str) else (BAD, f"expected a string, got {v!r}")
+    if hint is Path:
+        if not isinstance(v, str) or not v:
+            return BAD, f"expected a path string, got {v!r}"
+        return Path(v), ""
+    raise TypeError(f"unsupported config type {hint!r}")  # programming error, not user input
 
 
 class _Loader:
@@ -113,12 +154,12 @@ class _Loader:
             if k in extra_allowed:
                 continue
             if k not in fields and k not in skip:
-                self.err(f"{key}.{k}", f"unknown key{_suggest(k, [*fields, *extra_allowed])}", device)
+                self.err(f"{key}.{k}", f"unknown key{suggest(k, [*fields, *extra_allowed])}", device)
                 continue
             if k in skip:
                 continue
             conv = self.convert(hints[k], v, f"{key}.{k}", device)
-            if conv is not _BAD:
+            if conv is not BAD:
                 out[k] = conv
         for name, f in fields.items():
             if (
@@ -131,50 +172,16 @@ class _Loader:
         return out
 
     def convert(self, hint: Any, v: Any, key: str, device: str) -> Any:
-        origin = get_origin(hint)
-        if origin is Literal:
-            options = get_args(hint)
-            if v not in options:
-                shown = ", ".join(repr(o) for o in options)
-                sugg = _suggest(str(v), [str(o) for o in options])
-                self.err(key, f"invalid value {v!r}: expected one of {shown}{sugg}", device)
-                return _BAD
-            return v
-        if origin in (typing.Union, types.UnionType):
-            args = [a for a in get_args(hint) if a is not type(None)]
-            return self.convert(args[0], v, key, device)
-        if hint is bool:
-            if not isinstance(v, bool):
-                self.err(key, f"expected true or false, got {v!r}", device)
-                return _BAD
-            return v
-        if hint is int:
-            if isinstance(v, bool) or not isinstance(v, int):
-                self.err(key, f"expected an integer, got {v!r}", device)
-                return _BAD
-            return v
-        if hint is float:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                self.err(key, f"expected a number, got {v!r}", device)
-                return _BAD
-            return float(v)
-        if hint is str:
-            if not isinstance(v, str):
-                self.err(key, f"expected a string, got {v!r}", device)
-                return _BAD
-            return v
-        if hint is Path:
-            if not isinstance(v, str) or not v:
-                self.err(key, f"expected a path string, got {v!r}", device)
-                return _BAD
-            return Path(v)
-        raise TypeError(f"unsupported config type {hint!r} at {key}")  # programming error, not user input
+        value, message = convert_toml_value(hint, v)
+        if value is BAD:
+            self.err(key, message, device)
+        return value
 
     # -- sections ---------------------------------------------------------------------------------------------
     def load(self, data: dict[str, Any], base_dir: Path) -> GatewayConfig | None:
         for k in data:
             if k not in _TOP_KEYS:
-                self.err(k, f"unknown top-level key{_suggest(k, _TOP_KEYS)}")
+                self.err(k, f"unknown top-level key{suggest(k, _TOP_KEYS)}")
         version = data.get("version")
         if version is None:
             self.warnings.append(f"{self.file}: no 'version' key; assuming version {CONFIG_VERSION}")
@@ -194,11 +201,11 @@ class _Loader:
         else:
             for k, v in gw_raw.items():
                 if k not in _GATEWAY_SCALARS:
-                    self.err(f"gateway.{k}", f"unknown key{_suggest(k, _GATEWAY_SCALARS)}")
+                    self.err(f"gateway.{k}", f"unknown key{suggest(k, _GATEWAY_SCALARS)}")
                     continue
                 hint = typing.get_type_hints(GatewayConfig)[k]
                 conv = self.convert(hint, v, f"gateway.{k}", "")
-                if conv is not _BAD:
+                if conv is not BAD:
                     gw[k] = conv
             if "id" not in gw_raw:
                 self.err("gateway.id", "missing required key")
@@ -387,7 +394,7 @@ class _Loader:
         if tname is not None:
             if tname not in templates:
                 self.err(
-                    f"{key}.template", f"no template {tname!r}{_suggest(str(tname), templates)}", str(name)
+                    f"{key}.template", f"no template {tname!r}{suggest(str(tname), templates)}", str(name)
                 )
                 return None
             merged = {**templates[tname], **{k: v for k, v in raw.items() if k != "template"}}
@@ -458,13 +465,6 @@ class _Loader:
         if "." in kw["name"] or not kw["name"].strip():
             self.err(f"{key}.name", "point names must be non-empty and contain no '.'", device)
         return PointConfig(**kw)
-
-
-class _Bad:
-    pass
-
-
-_BAD = _Bad()
 
 
 def parse_config(

@@ -23,46 +23,15 @@ No import-time side effects.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, get_args, get_origin
+from collections.abc import Mapping
+from typing import Any
 
-from gateway.config_load import ConfigProblem
+from gateway.config_load import BAD, ConfigProblem, convert_toml_value, suggest
 from protection.settings import SETTINGS_BY_TYPE, ElementSettings, ProtectionSettings, check_settings
 
 _TOP_KEYS = ("active_group", "group1", "group2")
 _GROUP_KEYS = ("elements",)
-_BAD = object()
-
-
-def _suggest(word: str, options: Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else ""
-
-
-def _convert(hint: Any, v: Any) -> tuple[Any, str]:
-    """(value, "") or (_BAD, message) for one TOML value against a settings field's type hint."""
-    origin = get_origin(hint)
-    if origin is Literal:
-        opts = get_args(hint)
-        if v in opts:
-            return v, ""
-        shown = ", ".join(repr(o) for o in opts)
-        return _BAD, f"invalid value {v!r}: expected one of {shown}{_suggest(str(v), [str(o) for o in opts])}"
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(hint) if a is not type(None)]
-        return _convert(args[0], v)
-    if hint is bool:
-        return (v, "") if isinstance(v, bool) else (_BAD, f"expected true or false, got {v!r}")
-    if hint is float:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return _BAD, f"expected a number, got {v!r}"
-        return float(v), ""
-    if hint is str:
-        return (v, "") if isinstance(v, str) else (_BAD, f"expected a string, got {v!r}")
-    raise TypeError(f"unsupported settings type {hint!r}")  # programming error
 
 
 def parse_protection(raw: Any, file: str = "<config>") -> tuple[ProtectionSettings, list[ConfigProblem]]:
@@ -79,7 +48,7 @@ def parse_protection(raw: Any, file: str = "<config>") -> tuple[ProtectionSettin
         return ProtectionSettings(), problems
     for k in raw:
         if k not in _TOP_KEYS:
-            err(f"protection.{k}", f"unknown key{_suggest(k, _TOP_KEYS)}")
+            err(f"protection.{k}", f"unknown key{suggest(k, _TOP_KEYS)}")
     active = raw.get("active_group", 1)
     if isinstance(active, bool) or active not in (1, 2):
         err("protection.active_group", f"expected 1 or 2, got {active!r}")
@@ -98,7 +67,7 @@ def _group(raw: Any, key: str, group: int, err: typing.Callable[[str, str], None
         return ()
     for k in raw:
         if k not in _GROUP_KEYS:
-            err(f"{key}.{k}", f"unknown key{_suggest(k, _GROUP_KEYS)}")
+            err(f"{key}.{k}", f"unknown key{suggest(k, _GROUP_KEYS)}")
     elems = raw.get("elements", [])
     if not isinstance(elems, list):
         err(f"{key}.elements", f"expected an array of tables: [[{key}.elements]]")
@@ -128,7 +97,7 @@ def _element(raw: Any, key: str, group: int, err: typing.Callable[[str, str], No
         err(f"{key}.type", f"missing required key (one of {', '.join(SETTINGS_BY_TYPE)})")
         return None
     if etype not in SETTINGS_BY_TYPE:
-        err(f"{key}.type", f"unknown element type {etype!r}{_suggest(str(etype), SETTINGS_BY_TYPE)}")
+        err(f"{key}.type", f"unknown element type {etype!r}{suggest(str(etype), SETTINGS_BY_TYPE)}")
         return None
     cls = SETTINGS_BY_TYPE[etype]
     hints = typing.get_type_hints(cls)
@@ -137,11 +106,11 @@ def _element(raw: Any, key: str, group: int, err: typing.Callable[[str, str], No
     ok = True
     for k, v in raw.items():
         if k not in fields:
-            err(f"{key}.{k}", f"unknown key for a {etype} element{_suggest(k, fields)}")
+            err(f"{key}.{k}", f"unknown key for a {etype} element{suggest(k, fields)}")
             ok = False
             continue
-        conv, msg = _convert(hints[k], v)
-        if conv is _BAD:
+        conv, msg = convert_toml_value(hints[k], v)
+        if conv is BAD:
             err(f"{key}.{k}", msg)
             ok = False
         else:
