@@ -1,7 +1,7 @@
 """The gateway daemon: wires config → store → link runners → uploaders → status page, and stops them cleanly.
 
-Start order is sinks first, sources last (store, uploaders, panel, then runners); stop is the reverse, so every
-reading a runner emitted is in the store's queue before the store drains and closes.
+Start order is sinks first, sources last (store, protection supervisor, uploaders, panel, then runners); stop is
+the reverse, so every reading a runner emitted and every protection event is in the store before it closes.
 
 Threads: everything here runs on the asyncio loop thread except the store's writer thread (owned by the Store)
 and short ``asyncio.to_thread`` calls for blocking store operations.
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported when used: a gateway without sinks/panel never loa
 
     from cloud_sync.uploader import Uploader
     from gateway.asgi_server import AsgiServer
+    from gateway.protection_service import ProtectionService
 
 log = logging.getLogger("gateway")
 
@@ -67,6 +68,7 @@ class Gateway:
         self.runners: list[LinkRunner] = []
         self.uploaders: list[Uploader] = []
         self.panel: AsgiServer | None = None
+        self.protection: ProtectionService | None = None
         self.latest: LatestTable | None = None
         self.points: list[PointInfo] = []
         self.point_ids: dict[str, int] = {}
@@ -104,6 +106,20 @@ class Gateway:
             for ev in alarms:
                 log.error(ev.message)
             await asyncio.to_thread(self.store.add_events, alarms)
+
+        prot = cfg.protection
+        if cfg.protection_runtime.source is not None and (prot.group1 or prot.group2):
+            from gateway.protection_service import ProtectionService
+
+            self.protection = ProtectionService(
+                prot, cfg.protection_runtime, self.store, station=cfg.id, data_dir=cfg.data_dir
+            )
+            self._tasks.append(asyncio.create_task(self.protection.run(), name="protection"))
+        elif prot.group1 or prot.group2:
+            ev = Event(ts=self.wall_ns(), kind="alarm", priority=0, device="protection", point="process",
+                       message="protection not started: no usable [protection.source]")
+            log.error(ev.message)
+            await asyncio.to_thread(self.store.add_events, [ev])
 
         if cfg.sinks:
             from cloud_sync.uploader import Uploader
@@ -154,6 +170,11 @@ class Gateway:
     async def stop(self) -> None:
         """Stop sources first (runners), then the panel and uploaders, then drain and close the store."""
         await self.stop_sources()
+        if self.protection is not None:
+            self.protection.stop()
+            prot_tasks = [t for t in self._tasks if t.get_name() == "protection"]
+            await _wait_tasks(prot_tasks, 10.0)  # stops the process (bounded: SIGTERM, then SIGKILL)
+            self._tasks = [t for t in self._tasks if t not in prot_tasks]
         if self.panel is not None:
             await self.panel.stop()
             self.panel = None
@@ -231,6 +252,7 @@ class Gateway:
             "sinks": [u.status() for u in self.uploaders],
             "store": store_stats,
             "emit_backpressure": self.emit_backpressure,
+            "protection": self.protection.status() if self.protection is not None else None,
         }
 
 

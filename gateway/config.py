@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from protection.runtime import ProtectionRuntime
 from protection.settings import ProtectionSettings
 
 CONFIG_VERSION = 1
@@ -120,6 +121,7 @@ class GatewayConfig:
     sinks: tuple[SinkConfig, ...] = ()  # cloud ingestion endpoints
     panel: PanelConfig = field(default_factory=PanelConfig)  # local status page
     protection: ProtectionSettings = field(default_factory=ProtectionSettings)  # elements, see docs/protection.md
+    protection_runtime: ProtectionRuntime = field(default_factory=ProtectionRuntime)  # process, source, outputs
     source: Path | None = None  # file the config was read from (set by the loader, not a setting)
     # Protection settings problems tolerated by `gateway run` (those elements do not arm; set by the loader).
     protection_problems: tuple[str, ...] = ()

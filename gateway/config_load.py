@@ -118,6 +118,20 @@ def convert_toml_value(hint: Any, v: Any) -> tuple[Any, str]:
         if not isinstance(v, str) or not v:
             return BAD, f"expected a path string, got {v!r}"
         return Path(v), ""
+    if origin is tuple and get_args(hint)[1:] == (Ellipsis,):  # tuple[X, ...] from a TOML array
+        if not isinstance(v, list):
+            return BAD, f"expected an array, got {v!r}"
+        items = []
+        for i, item in enumerate(v):
+            conv, msg = convert_toml_value(get_args(hint)[0], item)
+            if conv is BAD:
+                return BAD, f"item {i}: {msg}"
+            items.append(conv)
+        return tuple(items), ""
+    if origin is dict and get_args(hint) == (str, str):  # a small table of strings
+        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+            return BAD, f"expected a table of strings, got {v!r}"
+        return dict(v), ""
     raise TypeError(f"unsupported config type {hint!r}")  # programming error, not user input
 
 
@@ -226,9 +240,11 @@ class _Loader:
         sinks = self.sinks(data.get("sinks", []))
         templates = self.templates(data.get("templates", {}))
         links = self.links(data.get("links", []), templates)
-        from protection.config import parse_protection  # here: protection.config imports this module
+        from protection.config import parse_protection, parse_protection_runtime  # protection.config imports us
 
         protection, prot_problems = parse_protection(data.get("protection"), self.file)
+        runtime, runtime_problems = parse_protection_runtime(data.get("protection"), protection, self.file, base_dir)
+        prot_problems.extend(runtime_problems)
         if self.strict_protection:
             self.problems.extend(prot_problems)
         else:
@@ -248,6 +264,7 @@ class _Loader:
             sinks=tuple(sinks),
             panel=PanelConfig(**(panel_kw or {})),
             protection=protection,
+            protection_runtime=runtime,
             protection_problems=tuple(str(p) for p in self.protection_problems),
         )
 

@@ -105,6 +105,7 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
         for p in points
     )
     st = status["store"]
+    prot_html = _protection_html(status.get("protection"), now)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="2"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{e(status["gateway_id"])} — gateway status</title><style>{_CSS}</style></head><body>
@@ -115,8 +116,48 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
 <th>polls</th><th>errors</th><th>reconnects</th></tr>{dev_rows}</table></div>
 <div><h2>Cloud sync</h2><table><tr><th>sink</th><th>state</th><th>backlog (rows)</th><th>last acked seq</th>
 <th>last ack</th><th>last error</th></tr>{sink_rows}</table></div></div>
+{prot_html}
 <h2>Latest values</h2><table><tr><th>point</th><th>value</th><th>unit</th><th>quality</th><th>age</th></tr>
 {pt_rows}</table></body></html>"""
+
+
+def _protection_html(p: dict[str, Any] | None, now: int) -> str:
+    """The protection section: process state, elements, cycle figures, outputs, last trips and fault records."""
+    if p is None:
+        return ""
+    e = html.escape
+    state = str(p.get("state", ""))
+    cls = "ok" if state == "running" else "bad"
+    cyc = p.get("cycle") or {}
+    figures = (
+        f"{cyc.get('cycles', 0)} cycles · {cyc.get('overruns', 0)} overruns · lateness p99 "
+        f"{cyc.get('lateness_p99_us')} µs, p99.9 {cyc.get('lateness_p999_us')} µs · max exec "
+        f"{cyc.get('max_exec_us')} µs · SCHED_FIFO {'yes' if cyc.get('sched_fifo') else 'no'} · CPU {cyc.get('cpu')}"
+        if cyc else ""
+    )
+    el_rows = "".join(
+        f"<tr><td>{e(x['name'])}</td><td>{e(x['type'])}</td><td class='num'>{x['group']}</td>"
+        f"<td class='{'bad' if x['tripped'] else 'warn' if x['picked_up'] or x['blocked'] else 'ok'}'>"
+        f"{'TRIPPED' if x['tripped'] else 'picked up' if x['picked_up'] else 'blocked' if x['blocked'] else 'armed'}"
+        f"</td></tr>"
+        for x in p.get("elements", [])
+        if x["group"] == cyc.get("active_group", x["group"])
+    )
+    trips = "".join(
+        f"<li>{e(t['element'])} ({e(t['type'])}) {e(t['phases'])} — {_fmt_age(now, int(t['utc_ns']))} ago</li>"
+        for t in p.get("last_trips", [])[:5]
+    )
+    outs = "".join(
+        f"<li>{e(o['name'])}: link {e(str(o.get('link')))}; {e(str(o.get('last') or 'no command yet'))}</li>"
+        for o in p.get("outputs", [])
+    )
+    records = "".join(f"<li>{e(r)}</li>" for r in p.get("records", [])[:5])
+    err = f"<p class='bad'>{e(str(p.get('last_error')))}</p>" if p.get("last_error") else ""
+    return f"""<h2>Protection <span class="{cls}">{e(state)}</span></h2>{err}
+<p class="muted">{e(figures)} · restarts {p.get("restarts", 0)}</p>
+<div class="grid"><div><table><tr><th>element</th><th>type</th><th>group</th><th>state</th></tr>{el_rows}</table></div>
+<div><h3>Last trips</h3><ul>{trips or "<li>none</li>"}</ul><h3>Trip outputs</h3><ul>{outs or "<li>none</li>"}</ul>
+<h3>Fault records</h3><ul>{records or "<li>none</li>"}</ul></div></div>"""
 
 
 def _json_safe(obj: Any) -> Any:

@@ -11,7 +11,9 @@ Small API::
 
 - :class:`SimUnit` — one Modbus unit id: ``coils``/``discrete`` (bool arrays), ``holding``/``input`` (uint16
   arrays), plus fault knobs: ``silent`` (never answers, like a dead unit on a RS-485 line), ``delay_s``
-  (answers late), ``exception`` (``{kind or "*": code}`` answers with that Modbus exception code).
+  (answers late), ``exception`` (``{kind or "*": code}`` answers with that Modbus exception code), and an
+  optional ``on_write(kind, address, values)`` hook called on the server's loop right after a client's write
+  has landed in the arrays (e.g. a simulated breaker noting when its trip coil arrived).
 - :class:`SimServer` — serves several units on one TCP port (``tcp=(host, port)``) or one serial port
   (``serial="/dev/ttyX"``, RTU framing). Unknown unit ids get no answer. ``every(period_s, fn)`` runs
   ``fn(t)`` on the server's loop each period (``t`` = seconds since start) to drive values; ``stop()`` is
@@ -40,9 +42,10 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-__all__ = ["SimServer", "SimUnit", "Table", "encode_words", "serve_forever"]
+__all__ = ["SimServer", "SimUnit", "Table", "WriteHook", "encode_words", "serve_forever"]
 
 Table = Literal["coil", "discrete", "holding", "input"]
+WriteHook = Callable[[Table, int, "list[int] | list[bool]"], None]
 _FC_TABLE: dict[int, Table] = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",
                                16: "holding", 22: "holding", 23: "holding", 4: "input"}
 _FMT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
@@ -86,6 +89,9 @@ class SimUnit:
         # answer with a Modbus exception: {"holding"|"input"|"coil"|"discrete"|"*": exception code}
         self.exception: dict[str, int] = {}
         self.requests = 0  # requests answered (or refused with an exception)
+        # Called on the server's loop after a client's write landed: (table, first address, values written).
+        # It runs inside the request, before the response is built (a write-single echo reads the array back).
+        self.on_write: WriteHook | None = None
 
     def table(self, kind: Table) -> npt.NDArray[Any]:
         tables = {"coil": self.coils, "discrete": self.discrete, "holding": self.holding, "input": self.input}
@@ -167,6 +173,8 @@ class _Context(ModbusServerContext):
         if address < 0 or address + len(vals) > len(arr):
             return ExcCodes.ILLEGAL_ADDRESS
         arr[address:address + len(vals)] = vals
+        if u.on_write is not None:
+            u.on_write(kind, address, vals)
         return None
 
 

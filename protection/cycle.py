@@ -12,6 +12,16 @@ quantities invalid), the active group's elements step at ``now``, and every elem
 one ring record carrying the monotonic ``now`` and the UTC time sampled with it. A change of the frame's validity
 word becomes a ``CEV_VALIDITY`` record. Nothing is allocated here beyond the elements' own transient ints.
 
+Optional collaborators, both called on the cycle thread and both bound never to block:
+
+- ``outputs`` (:class:`TripSink`, e.g. :class:`protection.outputs.TripOutputs`): ``on_trip(element, group,
+  decision_ns)`` right after an element reports ``EV_TRIP`` (before its ring record is written, so the command is
+  on its way first; ``decision_ns`` is the monotonic time sampled at that point), and ``drain_into(ring, now,
+  utc)`` once per cycle to publish the outputs' outcome records (the cycle stays the ring's only producer).
+- ``recorder`` (:class:`SampleSink`, e.g. :class:`protection.recorder.SampleRecorder`): ``record(now, utc, m,
+  status)`` once per cycle after the step, for fault records (COMTRADE). ``status`` has bit ``2*i`` set while
+  element ``i`` of the active group is picked up and bit ``2*i+1`` while it is tripped (elements 0..31).
+
 Clock and sleep are injected (``mono_ns``, ``wall_ns``, ``sleep_until``) so tests step simulated time. The cycle
 thread is the only caller of ``run``/``run_once``; ``stop`` may be set from any thread and is seen at the next
 slot (within one period).
@@ -22,14 +32,33 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from protection.bank import ElementBank
 from protection.measurements import Measurements
-from protection.shm import CEV_OVERRUN, CEV_STARTED, CEV_VALIDITY, ELEMENT_CYCLE, CycleStats, EventRing
+from protection.output import EV_TRIP
+from protection.shm import CEV_GROUP, CEV_OVERRUN, CEV_STARTED, CEV_VALIDITY, ELEMENT_CYCLE, CycleStats, EventRing
 from protection.sources import MeasurementSource
 
 MIN_PERIOD_NS = 100_000  # 0.1 ms: below this the interpreter cannot keep up
 DEFAULT_PERIOD_NS = 5_000_000  # 5 ms
+
+
+STATUS_ELEMENTS = 32  # elements whose picked-up/tripped state fits the recorder's 64-bit status word
+
+
+class TripSink(Protocol):
+    """Where trip decisions go (see the module doc). Both methods run on the cycle thread and never block."""
+
+    def on_trip(self, element: int, group: int, decision_ns: int) -> None: ...
+
+    def drain_into(self, ring: EventRing, now_ns: int, utc_ns: int) -> int: ...
+
+
+class SampleSink(Protocol):
+    """Where each cycle's sample goes (see the module doc). Runs on the cycle thread and never blocks."""
+
+    def record(self, now_ns: int, utc_ns: int, m: Measurements, status: int) -> None: ...
 
 
 def sleep_until_monotonic(deadline_ns: int) -> None:
@@ -54,6 +83,8 @@ class Cycle:
         wall_ns: Callable[[], int] = time.time_ns,
         sleep_until: Callable[[int], None] = sleep_until_monotonic,
         idle: Callable[[int], None] | None = None,
+        outputs: TripSink | None = None,
+        recorder: SampleSink | None = None,
     ) -> None:
         if period_ns < MIN_PERIOD_NS:
             raise ValueError(f"cycle period {period_ns} ns is below the minimum {MIN_PERIOD_NS} ns")
@@ -69,6 +100,9 @@ class Cycle:
         self._sleep_until = sleep_until
         self._idle = idle  # called after a cycle that ended in time, with the next deadline (a safe point)
         self._last_valid = -1  # validity word of the previous cycle; -1 = none yet
+        self.outputs = outputs
+        self.recorder = recorder
+        self.status = 0  # picked-up/tripped bits of the active group's elements (see the module doc)
 
     def run_once(self, now_ns: int, utc_ns: int | None = None) -> None:
         """One cycle at monotonic ``now_ns`` (``utc_ns``: the wall clock sampled with it; default: sampled now)."""
@@ -83,10 +117,35 @@ class Cycle:
         bank = self.bank
         outs = bank.step(m, now_ns)
         group = bank.active_group
+        outputs = self.outputs
         for i in range(len(outs)):
             o = outs[i]
-            if o.events:
-                ring.push(o.event_ns, utc_ns + (o.event_ns - now_ns), i, group, o.events, o.phases)
+            ev = o.events
+            if ev:
+                if ev & EV_TRIP and outputs is not None:
+                    outputs.on_trip(i, group, self._mono())
+                ring.push(o.event_ns, utc_ns + (o.event_ns - now_ns), i, group, ev, o.phases)
+                if i < STATUS_ELEMENTS:
+                    bits = (1 if o.picked_up else 0) | (2 if o.tripped else 0)
+                    self.status = (self.status & ~(3 << (2 * i))) | (bits << (2 * i))
+        if self.recorder is not None:
+            self.recorder.record(now_ns, utc_ns, m, self.status)
+        if outputs is not None:
+            outputs.drain_into(ring, now_ns, utc_ns)
+
+    def switch_group(self, group: int, now_ns: int, utc_ns: int) -> None:
+        """Put settings ``group`` in service at ``now_ns`` (cycle thread): releases are published as events."""
+        bank = self.bank
+        if group == bank.active_group:
+            return
+        old = bank.active_group
+        released = bank.switch_group(group, now_ns)
+        names = [e.name for e in bank.elements(old)]
+        for o in released:
+            self.ring.push(now_ns, utc_ns, names.index(o.name), old, o.events, o.phases)
+        self.ring.push(now_ns, utc_ns, ELEMENT_CYCLE, 0, CEV_GROUP, group)
+        self.status = 0
+        self.stats.set_fields(active_group=group)
 
     def run(self, stop: threading.Event) -> None:
         """Run cycles on absolute deadlines until ``stop`` is set (checked once per slot)."""
@@ -100,10 +159,14 @@ class Cycle:
         k = 0
         deadline = start
         ring.push(start, wall(), ELEMENT_CYCLE, 0, CEV_STARTED, period // 1000)
+        stats.set_fields(active_group=self.bank.active_group)
         while not stop.is_set():
             sleep_until(deadline)
             woke = mono()
             utc = wall()
+            group = stats.take_group_request()
+            if group:
+                self.switch_group(group, woke, utc)
             self.run_once(woke, utc)
             end = mono()
             stats.record(woke, woke - deadline, end - woke, self.m.valid)

@@ -4,15 +4,20 @@
 segments), spawns a child with the ``spawn`` start method (a fresh interpreter: no inherited threads, locks or
 event loop) and returns a :class:`ProtectionHandle`. In the child (:func:`_child_main`):
 
-1. attach the segments, arm the :class:`ElementBank`, build the measurement source from its spec;
+1. attach the segments (event ring, statistics, sample recorder), arm the :class:`ElementBank`, build the
+   measurement source from its spec and the trip outputs from theirs (their I/O threads start here, before the
+   heap is frozen);
 2. ``gc.collect()``, ``gc.freeze()`` (everything built so far moves to the permanent generation and is never
    scanned again), ``gc.disable()`` for the whole run;
 3. start the cycle thread, which first asks for ``SCHED_FIFO`` (``os.sched_setscheduler(0, ...)`` applies to the
    calling thread on Linux) and pins itself to one CPU (``os.sched_setaffinity(0, {cpu})``). Either may be refused
    (no CAP_SYS_NICE / RLIMIT_RTPRIO, a container, a CPU outside the allowed set): that is logged as a warning and
    reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal;
-4. the main thread waits for the stop event (and exits when the parent dies); then it stops and joins the cycle
-   thread, marks the state ``stopped`` and exits.
+4. the main thread waits for the stop word (and exits when the parent dies); then it stops and joins the cycle
+   thread, closes the outputs and the source (joining their threads), marks the state ``stopped`` and exits.
+
+The settings group is switched through the statistics block (:meth:`ProtectionHandle.switch_group`): the cycle
+reads the request word once per slot.
 
 Garbage collection stays off the cycle: with the heap frozen and the hot path creating no reference cycles,
 collection is never needed for correctness. The one safe point is the cycle's ``idle`` hook, called right after a
@@ -26,21 +31,26 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import multiprocessing as mp
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from protection.bank import ElementBank
 from protection.cycle import MIN_PERIOD_NS, Cycle
+from protection.recorder import RecordedWindow, SampleRecorder
 from protection.settings import ProtectionSettings
 from protection.shm import EVENT_DTYPE, STATE_FAILED, STATE_RUNNING, STATE_STOPPED, CycleStats, EventRing, StatsSnapshot
 from protection.sources import SourceSpec, build_source
+
+if TYPE_CHECKING:
+    from protection.outputs import OutputSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,8 @@ class _ChildArgs:
     period_ns: int
     ring_name: str
     stats_name: str
+    recorder_name: str
+    outputs: tuple[OutputSpec, ...]
     cpu: int | None  # CPU to pin the cycle thread to; None = the last CPU this process may use; -1 = do not pin
     fifo_priority: int  # 0 = do not ask for SCHED_FIFO
 
@@ -86,12 +98,22 @@ def _child_main(args: _ChildArgs) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s protection[%(process)d] %(levelname)s %(message)s")
     ring = EventRing.attach(args.ring_name)
     stats = CycleStats.attach(args.stats_name)
+    recorder = SampleRecorder.attach(args.recorder_name)
     parent = os.getppid()
+    outputs: Any = None
+    source: Any = None
     try:
         stats.set_fields(pid=os.getpid())
         bank = ElementBank(args.settings)
         for err in bank.errors:
             log.warning("protection: element not armed: %s", err)
+        if args.outputs:
+            from protection.outputs import TripOutputs  # only a process with outputs needs their I/O code
+
+            names = (tuple(e.name for e in bank.elements(1)), tuple(e.name for e in bank.elements(2)))
+            outputs = TripOutputs(args.outputs, names)
+            outputs.start()
+        source = build_source(args.source, time.monotonic_ns())
         thread_stop = threading.Event()
         failure: list[BaseException] = []
 
@@ -106,8 +128,10 @@ def _child_main(args: _ChildArgs) -> None:
         def cycle_thread() -> None:
             try:
                 _set_realtime(stats, args.cpu, args.fifo_priority)
-                source = build_source(args.source, time.monotonic_ns())
-                cycle = Cycle(bank, source, args.period_ns, ring=ring, stats=stats, idle=idle)
+                cycle = Cycle(
+                    bank, source, args.period_ns, ring=ring, stats=stats, idle=idle, outputs=outputs,
+                    recorder=recorder,
+                )
                 stats.set_fields(state=STATE_RUNNING)
                 cycle.run(thread_stop)
             except BaseException as e:  # reported through the stats block; the main thread exits
@@ -133,8 +157,14 @@ def _child_main(args: _ChildArgs) -> None:
             stats.set_fields(state=STATE_STOPPED)
     finally:
         gc.enable()
+        for part in (outputs, source):
+            close = getattr(part, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # best effort at exit; each close joins its own thread
+                    close()
         ring.close()
         stats.close()
+        recorder.close()
 
 
 class ProtectionHandle:
@@ -145,11 +175,13 @@ class ProtectionHandle:
         proc: Any,
         ring: EventRing,
         stats: CycleStats,
+        recorder: SampleRecorder,
         bank: ElementBank,
     ) -> None:
         self._proc = proc
         self._ring = ring
         self._stats = stats
+        self._recorder = recorder
         self._names = (tuple(e.name for e in bank.elements(1)), tuple(e.name for e in bank.elements(2)))
         self._closed = False
         self.exitcode: int | None = None  # the child's exit code once stopped (negative: killed by that signal)
@@ -172,6 +204,25 @@ class ProtectionHandle:
     def element_name(self, group: int, index: int) -> str:
         """Name of the element a ring record points at (``group`` 1/2, ``index`` its ``element`` field)."""
         return self._names[group - 1][index]
+
+    def element_names(self, group: int) -> tuple[str, ...]:
+        """Armed element names of ``group`` (1/2), in ring-index order."""
+        return self._names[group - 1]
+
+    def switch_group(self, group: int) -> None:
+        """Ask the cycle to put settings ``group`` (1/2) in service at its next slot (see ``stats().active_group``)."""
+        if not self._closed:
+            self._stats.request_group(group)
+
+    def recording(self, from_ns: int, to_ns: int) -> RecordedWindow | None:
+        """The cycle's samples between two monotonic times (None: not, or no longer, all in the buffer)."""
+        if self._closed:
+            return None
+        return self._recorder.window(from_ns, to_ns)
+
+    def recording_latest_ns(self) -> int:
+        """Monotonic ns of the newest recorded sample (-1: none)."""
+        return -1 if self._closed else self._recorder.latest_ns()
 
     def stats(self) -> StatsSnapshot:
         """The cycle statistics (after ``stop``: the last figures)."""
@@ -209,6 +260,7 @@ class ProtectionHandle:
         self._closed = True
         self._ring.close(unlink=True)
         self._stats.close(unlink=True)
+        self._recorder.close(unlink=True)
         return self.exitcode
 
     def __enter__(self) -> ProtectionHandle:
@@ -226,26 +278,38 @@ def start_protection_process(
     cpu: int | None = None,
     fifo_priority: int = DEFAULT_FIFO_PRIORITY,
     ring_capacity: int = 4096,
+    record_s: float = 4.0,
+    outputs: tuple[OutputSpec, ...] = (),
     start_timeout_s: float = 30.0,
 ) -> ProtectionHandle:
     """Spawn the protection process and wait until its cycle runs (or it failed). Returns its handle.
 
     ``cpu``: CPU for the cycle thread (None: the highest this process may use; -1: do not pin).
-    ``fifo_priority``: SCHED_FIFO priority to ask for (0: do not ask). Raises ``RuntimeError`` when the child
-    does not come up within ``start_timeout_s`` (it is then stopped and the segments freed).
+    ``fifo_priority``: SCHED_FIFO priority to ask for (0: do not ask). ``record_s``: seconds of cycle samples the
+    recorder keeps (fault records are cut from it). ``outputs``: trip output specs (an output naming an element
+    that is not armed is a ``ValueError`` raised here, before anything starts). Raises ``RuntimeError`` when the
+    child does not come up within ``start_timeout_s`` (it is then stopped and the segments freed).
     """
     period_ns = round(period_s * 1e9)
     if period_ns < MIN_PERIOD_NS:
         raise ValueError(f"period_s {period_s} is below the minimum {MIN_PERIOD_NS / 1e9} s")
     bank = ElementBank(settings)  # the parent's copy: element names for ring records, arming errors
+    if outputs:
+        from protection.outputs import TripOutputs
+
+        names = (tuple(e.name for e in bank.elements(1)), tuple(e.name for e in bank.elements(2)))
+        TripOutputs(outputs, names)  # validates the element names; starts nothing
     ctx = mp.get_context("spawn")
     ring = EventRing.create(ring_capacity)
     stats = CycleStats.create()
     stats.set_fields(period_ns=period_ns)
-    args = _ChildArgs(settings, source_spec, period_ns, ring.name, stats.name, cpu, fifo_priority)
+    recorder = SampleRecorder.create(max(16, math.ceil(record_s * 1e9 / period_ns)))
+    args = _ChildArgs(
+        settings, source_spec, period_ns, ring.name, stats.name, recorder.name, tuple(outputs), cpu, fifo_priority
+    )
     proc = ctx.Process(target=_child_main, args=(args,), name="protection", daemon=True)
     proc.start()
-    handle = ProtectionHandle(proc, ring, stats, bank)
+    handle = ProtectionHandle(proc, ring, stats, recorder, bank)
     deadline = time.monotonic() + start_timeout_s
     while stats.snapshot().state == "starting" and proc.is_alive() and time.monotonic() < deadline:
         proc.join(0.01)  # waits on the child's sentinel: returns early if it dies

@@ -46,6 +46,24 @@ ELEMENT_CYCLE: Final = -1  # `element` of a record that is about the cycle, not 
 CEV_STARTED: Final = 1 << 0  # the cycle started; phases = period in µs
 CEV_OVERRUN: Final = 1 << 1  # a cycle ran past the next deadline (alarm); phases = slots skipped
 CEV_VALIDITY: Final = 1 << 2  # the measurement validity word changed; phases = the new V_* bits
+CEV_GROUP: Final = 1 << 3  # the settings group was switched; phases = the group now in service
+
+# Records about trip outputs (protection.outputs): `element` = ELEMENT_OUTPUT, `group` = the output's index in
+# the configured outputs, `events` = one OEV_* code, `phases` = its detail as below. mono_ns/utc_ns = when the
+# outcome happened. They are pushed by the cycle thread (the ring's only producer), which drains the outputs'
+# result queue once per cycle.
+ELEMENT_OUTPUT: Final = -2
+OEV_SENT: Final = 1 << 0  # the command was written to the wire; phases = µs from the trip decision to the send
+OEV_CONFIRMED: Final = 1 << 1  # the device acknowledged it; phases = µs from the send to the response
+OEV_FAILED: Final = 1 << 2  # given up after the retries; phases = OUT_ERR_* code (| Modbus exception << 8)
+OEV_RETRY: Final = 1 << 3  # sending again after a timeout/error; phases = attempt number (2, 3, ...)
+OEV_LINK_UP: Final = 1 << 4  # the output's connection came up; phases = 0
+OEV_LINK_DOWN: Final = 1 << 5  # the output's connection was lost or refused; phases = OUT_ERR_* code
+OUT_ERR_NOT_CONNECTED: Final = 1  # no connection when the command was due
+OUT_ERR_TIMEOUT: Final = 2  # no response within the output's timeout
+OUT_ERR_EXCEPTION: Final = 3  # the device answered with an exception (code in bits 8..15)
+OUT_ERR_IO: Final = 4  # socket error / connection reset
+OUT_ERR_BAD_RESPONSE: Final = 5  # a response that does not match the request
 
 _HEAD, _TAIL, _OVERFLOW, _CAPACITY = 0, 1, 2, 3
 _RING_HDR = 8  # int64 words of header (4 spare)
@@ -214,6 +232,8 @@ S_VALID: Final = 16  # the current V_* validity word
 S_GC_COLLECTS: Final = 17  # safe-point generation-0 collections done off the cycle's deadline
 S_FIFO_PRIORITY: Final = 18
 S_STOP: Final = 19  # set to 1 by the owner (gateway) to ask the process to stop; outside the sequence lock
+S_GROUP_REQ: Final = 20  # settings group (1/2) the owner asks for, 0 = none; outside the sequence lock
+S_ACTIVE_GROUP: Final = 21  # settings group in service (written by the cycle)
 _S_WORDS: Final = 24  # header words; the histogram follows
 S_HIST: Final = _S_WORDS
 _STATS_LEN: Final = _S_WORDS + HIST_BINS
@@ -279,6 +299,7 @@ class StatsSnapshot:
     valid: int
     gc_collects: int
     fifo_priority: int
+    active_group: int  # settings group in service (0 before the cycle started)
     lateness_hist: npt.NDArray[np.int64]  # HIST_BINS counts, bins as HIST_EDGES_NS
 
     def lateness_percentile_us(self, q: float) -> float:
@@ -350,6 +371,7 @@ class CycleStats:
         "pid": S_PID,
         "gc_collects": S_GC_COLLECTS,
         "fifo_priority": S_FIFO_PRIORITY,
+        "active_group": S_ACTIVE_GROUP,
     }
 
     def set_fields(self, **values: int) -> None:
@@ -368,6 +390,20 @@ class CycleStats:
 
     def stop_requested(self) -> bool:
         return bool(self._a[S_STOP])
+
+    def request_group(self, group: int) -> None:
+        """Ask the cycle to switch to settings ``group`` (1 or 2) at its next slot (the owner's side)."""
+        if group not in (1, 2):
+            raise ValueError(f"settings group must be 1 or 2, got {group!r}")
+        self._a[S_GROUP_REQ] = group
+
+    def take_group_request(self) -> int:
+        """The pending group request (0 = none), cleared (cycle thread; one word read per cycle)."""
+        a = self._a
+        g = int(a[S_GROUP_REQ])
+        if g:
+            a[S_GROUP_REQ] = 0
+        return g
 
     def record(self, now_ns: int, lateness_ns: int, exec_ns: int, valid: int) -> None:
         """One cycle's figures (cycle thread). Preallocated: writes ints into the array, nothing else."""
@@ -437,6 +473,7 @@ class CycleStats:
             valid=int(c[S_VALID]),
             gc_collects=int(c[S_GC_COLLECTS]),
             fifo_priority=int(c[S_FIFO_PRIORITY]),
+            active_group=int(c[S_ACTIVE_GROUP]),
             lateness_hist=c[S_HIST:].copy(),
         )
 

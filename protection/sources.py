@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from protection.measurements import V_ALL, V_IA, V_IB, V_IC, V_PHASE_I, Measurements
 
@@ -147,7 +147,12 @@ class StalledSourceSpec:
     stale_after_s: float = 0.02  # staleness limit (never reached by a sample; kept for symmetry)
 
 
-SourceSpec = SimulatedFeederSpec | StalledSourceSpec
+if TYPE_CHECKING:
+    from protection.comtrade_source import ComtradePlaybackSpec
+    from protection.modbus_source import ModbusMeasurementSpec
+
+# Every spec a protection process can build its source from (the first two live in their own modules).
+SourceSpec = Union["ModbusMeasurementSpec", "ComtradePlaybackSpec", SimulatedFeederSpec, StalledSourceSpec]
 
 
 class SimulatedFeederSource:
@@ -193,11 +198,21 @@ class SimulatedFeederSource:
 
 
 def build_source(spec: SourceSpec, start_ns: int) -> MeasurementSource:
-    """The source a spec describes, started at monotonic ``start_ns``. Raises ``TypeError`` for an unknown spec."""
+    """The source a spec describes, started at monotonic ``start_ns``. Raises ``TypeError`` for an unknown spec.
+
+    A source with an I/O thread also has ``close()`` (idempotent, joins the thread); the process calls it at exit.
+    """
     if isinstance(spec, SimulatedFeederSpec):
         return SimulatedFeederSource(spec, start_ns)
     if isinstance(spec, StalledSourceSpec):
         return SampleSlot(spec.stale_after_s)
+    from protection.comtrade_source import ComtradePlaybackSource, ComtradePlaybackSpec
+    from protection.modbus_source import ModbusMeasurementSource, ModbusMeasurementSpec
+
+    if isinstance(spec, ModbusMeasurementSpec):
+        return ModbusMeasurementSource(spec, start_ns)
+    if isinstance(spec, ComtradePlaybackSpec):
+        return ComtradePlaybackSource(spec, start_ns)
     raise TypeError(f"unknown measurement source spec {type(spec).__name__}")
 
 

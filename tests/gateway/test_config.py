@@ -11,6 +11,7 @@ import pytest
 from gateway import config as C
 from gateway.cli import main
 from gateway.config_load import ConfigError, ConfigFileError, load_config
+from protection.runtime import ProtectionRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "gateway" / "configs" / "demo.toml"
@@ -192,6 +193,7 @@ def _all_setting_names() -> set[str]:
         C.LinkConfig,
         C.DeviceConfig,
         C.PointConfig,
+        ProtectionRuntime,
     ):
         for f in dataclasses.fields(cls):
             if f.name in (
@@ -203,7 +205,9 @@ def _all_setting_names() -> set[str]:
                 "devices",
                 "points",
                 "protection",
+                "protection_runtime",
                 "protection_problems",
+                "outputs",
             ):
                 continue
             names.add(f.name)
@@ -228,6 +232,8 @@ name = "51P"
 pickup_a = 400
 curve = "IEC_SI"
 tms = 0.1
+[protection.source]
+type = "simulated"
 """
     cfg, _ = load_config(write(tmp_path, GOOD + section))
     (element,) = cfg.protection.group1
