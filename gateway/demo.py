@@ -40,12 +40,22 @@ def demo_config(data_dir: Path, panel_port: int, receiver_port: int, modbus_port
         dataclasses.replace(s, url=f"http://127.0.0.1:{receiver_port}/v1/batches", token=RECEIVER_TOKEN)
         for s in cfg.sinks
     )
+    from protection.modbus_source import ModbusMeasurementSpec
+
+    rt = cfg.protection_runtime  # its source and output talk to the feeder relays of the first link
+    source = rt.source
+    if isinstance(source, ModbusMeasurementSpec):
+        source = dataclasses.replace(source, port=modbus_port)
+    protection_runtime = dataclasses.replace(
+        rt, source=source, outputs=tuple(dataclasses.replace(o, port=modbus_port) for o in rt.outputs)
+    )
     return dataclasses.replace(
         cfg,
         data_dir=data_dir,
         links=links,
         sinks=sinks,
         panel=dataclasses.replace(cfg.panel, port=panel_port),
+        protection_runtime=protection_runtime,
     )
 
 

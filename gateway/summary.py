@@ -27,6 +27,11 @@ def format_summary(cfg: GatewayConfig) -> str:
             names = ", ".join(f"{e.name} ({e.type})" for e in group) or "none"
             active = " (active)" if prot.active_group == n else ""
             lines.append(f"  protection group {n}{active}: {names}")
+        rt = cfg.protection_runtime
+        lines.append(f"  protection cycle {rt.period_ms:g} ms, source: {_describe_spec(rt.source)}")
+        for o in rt.outputs:
+            which = ", ".join(o.elements) or "every element"
+            lines.append(f"  trip output {o.name}: {_describe_spec(o)} on {which}")
     for s in cfg.sinks:
         lines.append(f"  sink {s.name}: {s.url} (batch {s.batch_size}, every {s.max_interval_s:g} s)")
     for link in cfg.links:
@@ -44,3 +49,20 @@ def format_summary(cfg: GatewayConfig) -> str:
                 f"{_plural(n_req, 'request')} per cycle, {requests_per_second(d):.2f} requests/s"
             )
     return "\n".join(lines)
+
+
+def _describe_spec(spec: object) -> str:
+    """One line for a protection source or output spec."""
+    if spec is None:
+        return "none"
+    name = type(spec).__name__
+    host, port = getattr(spec, "host", None), getattr(spec, "port", None)
+    if name == "ModbusMeasurementSpec":
+        every = getattr(spec, "poll_period_s", 0) * 1000
+        stale = getattr(spec, "stale_after_s", 0) * 1000
+        return f"modbus {host}:{port} unit {getattr(spec, 'unit_id', '')}, every {every:g} ms, stale after {stale:g} ms"
+    if name == "ModbusCoilOutputSpec":
+        return f"coil {getattr(spec, 'coil', '')} of {host}:{port} unit {getattr(spec, 'unit_id', '')}"
+    if name == "ComtradeFileSource":
+        return f"COMTRADE playback of {getattr(spec, 'file', '')}" + (" (loop)" if getattr(spec, "loop", False) else "")
+    return name.removesuffix("Spec").lower()

@@ -47,6 +47,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
+import logging
 import multiprocessing as mp
 import os
 import struct
@@ -424,9 +426,18 @@ _RPC: Final = frozenset(
 )
 
 
-def _rig_process_main(conn: Connection, kwargs: dict[str, Any]) -> None:
+def _rig_process_main(conn: Connection, kwargs: dict[str, Any], fifo_priority: int, quiet: bool) -> None:
     """Entry point of :class:`RigProcess`'s child: run a rig, answer calls until told to stop or the parent dies."""
     parent = os.getppid()
+    if quiet:  # pymodbus logs a client closing mid-request (the protection process stopping) with a frame dump
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    fifo = -1
+    if fifo_priority > 0:  # before the rig's thread starts: threads inherit the calling thread's policy
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo_priority))
+            fifo = 1
+        except (OSError, AttributeError):
+            fifo = 0
     rig = ProtectionRig(**kwargs)
     try:
         rig.start()
@@ -434,8 +445,10 @@ def _rig_process_main(conn: Connection, kwargs: dict[str, Any]) -> None:
         conn.send(("error", repr(e)))
         conn.close()
         return
+    gc.collect()
+    gc.freeze()  # the rig's own collector pauses stay out of its timestamps (the heap built so far is never walked)
     try:
-        conn.send(("ready", rig.port))
+        conn.send(("ready", (rig.port, fifo)))
         while True:
             if not conn.poll(0.2):
                 if os.getppid() != parent:
@@ -462,12 +475,19 @@ def _rig_process_main(conn: Connection, kwargs: dict[str, Any]) -> None:
 class RigProcess(_Specs):
     """A :class:`ProtectionRig` in a spawned child process, with the same commands (each one a pipe round trip).
 
-    Timestamps (inception, coil arrivals) are taken in the child, so a busy caller cannot delay them. One thread
-    of the caller uses it. ``start()``/``stop()`` (idempotent), or a context manager.
+    Timestamps (inception, coil arrivals) are taken in the child, so a busy caller cannot delay them; the child
+    freezes its heap after start (no collector pauses of its own). ``fifo_priority`` > 0 asks SCHED_FIFO at that
+    priority for the child (the rig then stands for separate hardware: a loaded machine's run queue does not
+    delay its timestamps); the outcome is ``sched_fifo`` (1 granted, 0 refused, -1 not asked). ``quiet``
+    silences pymodbus' logging in the child. ``rig_kwargs`` go to :class:`ProtectionRig`. One thread of the
+    caller uses it. ``start()``/``stop()`` (idempotent), or a context manager.
     """
 
-    def __init__(self, **rig_kwargs: Any) -> None:
+    def __init__(self, *, fifo_priority: int = 0, quiet: bool = True, **rig_kwargs: Any) -> None:
         self._kwargs = rig_kwargs
+        self._fifo_priority = fifo_priority
+        self._quiet = quiet
+        self.sched_fifo = -1  # the child's scheduling outcome once started
         self.host = str(rig_kwargs.get("host", "127.0.0.1"))
         self.port = int(rig_kwargs.get("port", 0))
         self.ied_unit = int(rig_kwargs.get("ied_unit", IED_UNIT))
@@ -482,7 +502,10 @@ class RigProcess(_Specs):
         ctx = mp.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_rig_process_main, args=(child_conn, self._kwargs), name="protection-rig", daemon=True
+            target=_rig_process_main,
+            args=(child_conn, self._kwargs, self._fifo_priority, self._quiet),
+            name="protection-rig",
+            daemon=True,
         )
         self._proc.start()
         child_conn.close()
@@ -494,7 +517,7 @@ class RigProcess(_Specs):
         if kind != "ready":
             self.stop()
             raise RuntimeError(f"protection rig process failed: {detail}")
-        self.port = int(detail)
+        self.port, self.sched_fifo = int(detail[0]), int(detail[1])
         return self
 
     def _rpc(self, name: str, *args: Any, **kw: Any) -> Any:

@@ -34,6 +34,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ def _set_realtime(stats: CycleStats, cpu: int | None, priority: int) -> None:
 
 def _child_main(args: _ChildArgs) -> None:
     """Entry point of the protection process (spawned). See the module doc for the sequence."""
+    # Ctrl-C in a terminal reaches the whole process group: the gateway handles it and stops us through the stop
+    # word (the segments stay consistent); SIGTERM keeps its default (end at once, no traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s protection[%(process)d] %(levelname)s %(message)s")
     ring = EventRing.attach(args.ring_name)
     stats = CycleStats.attach(args.stats_name)

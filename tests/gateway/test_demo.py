@@ -80,8 +80,11 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
                 status = get_json(f"http://127.0.0.1:{panel}/api/status")
             except OSError:
                 return False
-            return all(d["state"] == "ok" and d["polls"] >= 3 for d in status["devices"]) and bool(
-                status["sinks"][0]["last_ack_seq"] > 0
+            return (
+                all(d["state"] == "ok" and d["polls"] >= 3 for d in status["devices"])
+                and bool(status["sinks"][0]["last_ack_seq"] > 0)
+                and status["protection"]["state"] == "running"
+                and status["protection"]["outputs"][0]["link"] == "up"
             )
 
         wait_until(up, 60, "the demo polling and syncing")
@@ -90,7 +93,10 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000
         assert 49 < points["incomer.f"]["value"] < 51
         html = urllib.request.urlopen(f"http://127.0.0.1:{panel}/", timeout=2).read().decode()
-        assert "feeder1.Ia" in html and "Cloud sync" in html
+        assert "feeder1.Ia" in html and "Cloud sync" in html and "Protection" in html
+        prot = status["protection"]
+        assert [e["name"] for e in prot["elements"] if e["group"] == 1] == ["50P", "51P", "59", "81U"]
+        assert prot["cycle"]["cycles"] > 0 and not any(e["tripped"] for e in prot["elements"])  # load only
 
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         out, _ = proc.communicate(timeout=15)

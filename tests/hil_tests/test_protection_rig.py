@@ -194,6 +194,7 @@ def test_stop_is_idempotent_and_calls_after_stop_fail() -> None:
 
 def test_rig_process_serves_the_same_rig(client_for: list[ModbusTcpClient]) -> None:
     with RigProcess(update_period_s=SLOW_S) as rig:
+        assert rig.sched_fifo == -1  # not asked
         c = connect(rig.port, client_for)
         t0 = rig.inject_fault(multiple_of=4.0)
         assert read_measured(c)["Ia"] == 2400.0

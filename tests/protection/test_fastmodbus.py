@@ -72,9 +72,20 @@ class SimRig:
         return bs
 
     @staticmethod
-    async def _cancel_leftovers() -> None:
-        """Cancel what the servers left running (e.g. a delayed answer still sleeping) and wait for it."""
+    async def _settle() -> None:
+        """After the servers stopped: let what they left running finish (a delayed answer, a connection accepted
+        just before the shutdown still being set up), close any server-side transport nobody owns any more, then
+        cancel the rest. Python 3.11's ``Server.close`` does not close accepted connections, so a client that
+        connected in the last instant would otherwise leak a socket (a ResourceWarning, an error here)."""
         me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        if rest:
+            await asyncio.wait(rest, timeout=2.0)
+        transports = getattr(asyncio.get_running_loop(), "_transports", {})  # selector loop: fd -> transport
+        for tr in list(transports.values()):
+            if tr is not None and not tr.is_closing():
+                tr.close()
+        await asyncio.sleep(0)  # run the close callbacks
         rest = [t for t in asyncio.all_tasks() if t is not me]
         for t in rest:
             t.cancel()
@@ -86,7 +97,7 @@ class SimRig:
                 self.run(srv.stop())
             for bs in self._byte_servers:
                 self.run(bs.__aexit__(None, None, None))
-            self.run(self._cancel_leftovers())
+            self.run(self._settle())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from protection.output import EV_BLOCKED, EV_PICKUP, EV_TRIP
+from protection.measurements import V_ALL
+from protection.output import EV_BLOCKED, EV_DROPOUT, EV_PICKUP, EV_TRIP
 from protection.process import ProtectionHandle, start_protection_process
 from protection.settings import OvercurrentSettings, ProtectionSettings
 from protection.shm import ELEMENT_CYCLE, EVENT_DTYPE
@@ -122,3 +123,38 @@ def test_scheduling_outcome_is_reported(handles: list[ProtectionHandle]) -> None
 def test_too_short_period_is_refused() -> None:
     with pytest.raises(ValueError, match="below the minimum"):
         start_protection_process(SETTINGS, StalledSourceSpec(), period_s=1e-5)
+
+
+def test_fault_at_the_measurement_ied_trips_the_breaker_through_its_coil(handles: list[ProtectionHandle]) -> None:
+    """End to end over real Modbus TCP: rig IED → fast source → cycle → trip output → rig breaker."""
+    from hil_tests.protection_rig import TRIP_COIL, ProtectionRig
+    from protection.shm import ELEMENT_OUTPUT, OEV_CONFIRMED, OEV_LINK_UP, OEV_SENT
+
+    with ProtectionRig() as rig:
+        settings = ProtectionSettings(group1=(OvercurrentSettings(name="50P", type="50", pickup_a=1000.0,
+                                                                  delay_s=0.05),))
+        h = start_protection_process(
+            settings, rig.source_spec(), period_s=0.001, outputs=(rig.output_spec("cb", elements=("50P",)),)
+        )
+        handles.append(h)
+        c = Collector(h)
+        wait_until(lambda: c.has(ELEMENT_OUTPUT, OEV_LINK_UP), WAIT_S, "the trip output connected")
+        wait_until(lambda: h.stats().valid == V_ALL, WAIT_S, "valid measurements from the IED")
+        assert rig.breaker_closed  # load current only: no trip
+        assert not c.has(0, EV_PICKUP)
+        inception = rig.inject_fault(multiple_of=5.0)  # 3000 A on every phase
+        wait_until(lambda: rig.arrival_ns(TRIP_COIL) is not None, WAIT_S, "the trip coil write at the breaker")
+        wait_until(lambda: c.has(ELEMENT_OUTPUT, OEV_CONFIRMED), WAIT_S, "the breaker's echo")
+        arrival = rig.arrival_ns(TRIP_COIL)
+        assert arrival is not None
+        r = c.recs
+        trip = r[(r["element"] == 0) & (r["events"] & EV_TRIP != 0)][0]
+        pickup = r[(r["element"] == 0) & (r["events"] & EV_PICKUP != 0)][0]
+        sent = r[(r["element"] == ELEMENT_OUTPUT) & (r["events"] & OEV_SENT != 0)][0]
+        # causality on one system-wide monotonic clock: fault, pickup, +50 ms definite time, trip, send, arrival
+        assert inception <= int(pickup["mono_ns"])
+        assert int(trip["mono_ns"]) - int(pickup["mono_ns"]) >= 50_000_000
+        assert int(trip["mono_ns"]) <= int(sent["mono_ns"]) <= arrival
+        assert not rig.breaker_closed  # the breaker opened: the current falls to zero
+        wait_until(lambda: c.has(0, EV_DROPOUT), WAIT_S, "the element dropping out once the current is gone")
+        assert h.stop() == 0
