@@ -31,10 +31,12 @@ d. **Trips, end to end.** A :class:`hil_tests.protection_rig.RigProcess` (measur
 
    - trip time = coil received at the rig − fault inception at the rig (both ``CLOCK_MONOTONIC``);
    - trip error = trip time − ``operate_time(curve, M, TMS/TD)`` (ms and %; target ≤ max(2 %, 10 ms));
-   - decision to wire = coil received − the ``EV_TRIP`` record's ``mono_ns`` in the ring (the cycle's wake-up
-     time of the deciding cycle); the ``OEV_SENT`` record's figure (decision → ``send`` returned) beside it;
-   - its parts: detection (``EV_PICKUP`` − inception: source poll + wait for the next cycle), the element's own
-     excess (``EV_TRIP`` − ``EV_PICKUP`` − operate time: the cycle grid), and the wire.
+   - decision to wire = coil received − the trip decision (the monotonic time the cycle took right after the
+     element reported the trip: the ``OEV_SENT`` record's time less its decision → ``send`` µs); the
+     ``OEV_SENT`` figure itself (decision → ``send`` returned) beside it;
+   - its parts: detection (``EV_PICKUP`` − inception; the ring's element times are the measurement time of the
+     sample that showed the change, i.e. when the source's poll went out), the element's own excess
+     (``EV_TRIP`` − ``EV_PICKUP`` − operate time: the cycle grid), and the wire.
 
 JSON keys: ``cycle_ms``, ``cycles``, ``overruns``, ``lateness_p50_ms``, ``lateness_p99_ms``,
 ``lateness_p999_ms``, ``baseline_thread_p999_ms``, ``trip_error_max_pct``, ``trip_error_max_ms``,
@@ -603,8 +605,9 @@ def _one_fault(rig: RigProcess, recs: _Records, index: dict[str, int], cases: li
             err_ms = (arrival - t0) / 1e6 - exp_ms
             row.update(trip_ms=(arrival - t0) / 1e6, error_ms=err_ms, error_pct=100.0 * err_ms / exp_ms,
                        within_target=abs(err_ms) <= max(0.02 * exp_ms, 10.0))
-            if trip is not None:
-                row["decision_to_wire_ms"] = (arrival - int(trip["mono_ns"])) / 1e6
+            if sent is not None:  # the decision: the OEV_SENT record's time less its decision-to-send µs
+                decision_ns = int(sent["mono_ns"]) - int(sent["phases"]) * 1000
+                row["decision_to_wire_ms"] = (arrival - decision_ns) / 1e6
         else:
             log(f"trip grid: {c['curve']} at M = {m:g} did not trip within {wait_s:.1f} s")
         if pick is not None:

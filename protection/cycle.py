@@ -8,9 +8,11 @@ continues at the next slot still in the future. Missed slots are skipped, never 
 the phase of the schedule never drifts.
 
 Per cycle (``run_once(now)``): the source copies its latest sample into the frame without blocking (stale
-quantities invalid), the active group's elements step at ``now``, and every element output with events becomes
-one ring record carrying the monotonic ``now`` and the UTC time sampled with it. A change of the frame's validity
-word becomes a ``CEV_VALIDITY`` record. Nothing is allocated here beyond the elements' own transient ints.
+quantities invalid), the active group's elements step at the sample's measurement time (``m.sample_ns`` when the
+source sets it, else ``now``; never later than ``now``, never earlier than the previous step), and every element
+output with events becomes one ring record carrying that time and the UTC time derived from it. A change of the
+frame's validity word becomes a ``CEV_VALIDITY`` record. Nothing is allocated here beyond the elements' own
+transient ints.
 
 Optional collaborators, both called on the cycle thread and both bound never to block:
 
@@ -100,6 +102,7 @@ class Cycle:
         self._sleep_until = sleep_until
         self._idle = idle  # called after a cycle that ended in time, with the next deadline (a safe point)
         self._last_valid = -1  # validity word of the previous cycle; -1 = none yet
+        self._step_ns = -1  # time the elements were last stepped at (sample time, see run_once)
         self.outputs = outputs
         self.recorder = recorder
         self.status = 0  # picked-up/tripped bits of the active group's elements (see the module doc)
@@ -114,8 +117,18 @@ class Cycle:
         if m.valid != self._last_valid:
             self._last_valid = m.valid
             ring.push(now_ns, utc_ns, ELEMENT_CYCLE, 0, CEV_VALIDITY, m.valid)
+        # Elements are stepped at the time the values were measured, not the time this cycle got to them: a
+        # fault is timed from the sample that first showed it (like a relay timing from its samples), so the
+        # wait between the sample and the cycle is not added to every operate time. Never after now, never
+        # before the previous step (a source handing over an older sample does not turn the clock back).
+        t = m.sample_ns
+        if t < 0 or t > now_ns:
+            t = now_ns
+        if t < self._step_ns:
+            t = self._step_ns
+        self._step_ns = t
         bank = self.bank
-        outs = bank.step(m, now_ns)
+        outs = bank.step(m, t)
         group = bank.active_group
         outputs = self.outputs
         for i in range(len(outs)):
@@ -124,7 +137,7 @@ class Cycle:
             if ev:
                 if ev & EV_TRIP and outputs is not None:
                     outputs.on_trip(i, group, self._mono())
-                ring.push(o.event_ns, utc_ns + (o.event_ns - now_ns), i, group, ev, o.phases)
+                ring.push(o.event_ns, utc_ns + (o.event_ns - now_ns), i, group, ev, o.phases)  # sample time
                 if i < STATUS_ELEMENTS:
                     bits = (1 if o.picked_up else 0) | (2 if o.tripped else 0)
                     self.status = (self.status & ~(3 << (2 * i))) | (bits << (2 * i))

@@ -48,7 +48,7 @@ def usable(quality: int) -> bool:
 class Measurements:
     """One cycle's measurements (units above). Mutable on purpose: the cycle overwrites the fields in place."""
 
-    __slots__ = ("f", "i_n", "ia", "ib", "ic", "va", "valid", "vb", "vc")
+    __slots__ = ("f", "i_n", "ia", "ib", "ic", "sample_ns", "va", "valid", "vb", "vc")
 
     def __init__(
         self,
@@ -71,6 +71,9 @@ class Measurements:
         self.vc = vc  # kV RMS, phase-to-neutral
         self.f = f  # Hz
         self.valid = valid  # V_* bits; cleared bit = invalid/stale -> elements needing it are blocked
+        # Monotonic ns the values were measured (set by sources that know it, e.g. a polled IED: when the request
+        # went out); -1 = the cycle's own time. The cycle steps the elements at this time (see protection.cycle).
+        self.sample_ns = -1
 
     def set_currents(self, ia: float, ib: float, ic: float, i_n: float = 0.0) -> None:
         self.ia = ia

@@ -9,10 +9,13 @@ event loop) and returns a :class:`ProtectionHandle`. In the child (:func:`_child
    heap is frozen);
 2. ``gc.collect()``, ``gc.freeze()`` (everything built so far moves to the permanent generation and is never
    scanned again), ``gc.disable()`` for the whole run;
-3. start the cycle thread, which first asks for ``SCHED_FIFO`` (``os.sched_setscheduler(0, ...)`` applies to the
+3. set the GIL switch interval to 0.5 ms (another thread holding the GIL delays a wake-up by at most that), start
+   the cycle thread, which first asks for ``SCHED_FIFO`` (``os.sched_setscheduler(0, ...)`` applies to the
    calling thread on Linux) and pins itself to one CPU (``os.sched_setaffinity(0, {cpu})``). Either may be refused
    (no CAP_SYS_NICE / RLIMIT_RTPRIO, a container, a CPU outside the allowed set): that is logged as a warning and
-   reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal;
+   reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal.
+   When SCHED_FIFO was granted, the source's and the outputs' I/O threads get it too, one priority lower (a
+   measurement poll waiting behind the gateway's work on a busy CPU would delay detection);
 4. the main thread waits for the stop word (and exits when the parent dies); then it stops and joins the cycle
    thread, closes the outputs and the source (joining their threads), marks the state ``stopped`` and exits.
 
@@ -35,6 +38,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 
 GC_GEN0_LIMIT = 5000  # safe-point collection threshold (objects in generation 0)
 STOP_POLL_S = 0.02  # how often the child's main thread looks at the stop word (stop latency)
+SWITCH_INTERVAL_S = 0.0005  # the child's GIL switch interval: bounds how long another thread can delay the cycle
 DEFAULT_FIFO_PRIORITY = 80  # SCHED_FIFO priority asked for (1..99); above the kernel's threaded IRQs at 50
 
 
@@ -92,6 +97,25 @@ def _set_realtime(stats: CycleStats, cpu: int | None, priority: int) -> None:
             err = getattr(e, "errno", None) or -1
             log.warning("protection: pinning the cycle thread to CPU %s refused (%s); not pinned", cpu, e)
             stats.set_fields(cpu=-1, affinity_errno=err)
+
+
+def _set_io_realtime(priority: int) -> None:
+    """Give the process's I/O threads (source poller, trip outputs) SCHED_FIFO just below the cycle.
+
+    They are part of the real-time path: a poll that waits behind the gateway's work on a busy CPU delays
+    fault detection as surely as a late cycle does. Applied by thread id (Linux scheduling is per thread);
+    refusal is logged, never fatal. Called from the cycle thread once its own settings are in force.
+    """
+    if priority <= 1:
+        return
+    me = threading.get_ident()
+    for t in threading.enumerate():
+        if t is threading.main_thread() or t.ident == me or t.native_id is None:
+            continue
+        try:
+            os.sched_setscheduler(t.native_id, os.SCHED_FIFO, os.sched_param(priority - 1))
+        except (OSError, AttributeError) as e:
+            log.warning("protection: SCHED_FIFO for I/O thread %s refused (%s)", t.name, e)
 
 
 def _child_main(args: _ChildArgs) -> None:
@@ -132,6 +156,8 @@ def _child_main(args: _ChildArgs) -> None:
         def cycle_thread() -> None:
             try:
                 _set_realtime(stats, args.cpu, args.fifo_priority)
+                if stats.snapshot().sched_fifo == 1:
+                    _set_io_realtime(args.fifo_priority)
                 cycle = Cycle(
                     bank, source, args.period_ns, ring=ring, stats=stats, idle=idle, outputs=outputs,
                     recorder=recorder,
@@ -143,6 +169,8 @@ def _child_main(args: _ChildArgs) -> None:
                 log.exception("protection: cycle thread failed")
                 stats.set_fields(state=STATE_FAILED)
 
+        # A thread holding the GIL when the cycle wakes keeps it for at most this long (default 5 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.collect()
         gc.freeze()
         gc.disable()

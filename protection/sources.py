@@ -117,6 +117,7 @@ class SampleSlot:
         m.vb = c[5]
         m.vc = c[6]
         m.f = c[7]
+        m.sample_ns = self._copy_ns
         if self._copy_ns < 0 or now_ns - self._copy_ns > self.stale_after_ns:
             m.valid = 0
         else:

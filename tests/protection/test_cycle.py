@@ -317,3 +317,26 @@ def test_simulated_feeder_source_fault_and_stall() -> None:
     assert m.valid == 0
     with pytest.raises(TypeError):
         build_source(object(), t0)  # type: ignore[arg-type]
+
+
+def test_elements_are_timed_from_the_sample_not_from_the_cycle() -> None:
+    """A fault sampled 3 ms before the cycle reads it is timed from the sample; time never runs backwards."""
+    settings = ProtectionSettings(group1=(OvercurrentSettings(name="50P", type="50", pickup_a=600.0, delay_s=0.01),))
+    slot = SampleSlot(stale_after_s=0.02)
+    ring = EventRing.local()
+    cyc = Cycle(ElementBank(settings), slot, 5 * MS, ring=ring, wall_ns=lambda: EPOCH)
+    t0 = 1_000 * MS
+    slot.publish(t0, 100.0, 100.0, 100.0, 0.0, VN, VN, VN, 50.0)
+    cyc.run_once(t0 + 1 * MS)
+    slot.publish(t0 + 2 * MS, 3000.0, 3000.0, 3000.0, 0.0, VN, VN, VN, 50.0)  # the fault, measured at +2 ms
+    cyc.run_once(t0 + 5 * MS)  # the cycle sees it at +5 ms
+    slot.publish(t0 + 11 * MS, 3000.0, 3000.0, 3000.0, 0.0, VN, VN, VN, 50.0)
+    cyc.run_once(t0 + 12 * MS)  # 9 ms after the pickup sample: not yet
+    slot.publish(t0 + 12 * MS, 3000.0, 3000.0, 3000.0, 0.0, VN, VN, VN, 50.0)
+    cyc.run_once(t0 + 13 * MS)  # 10 ms after it: trips (the cycle's own clock says only 8 ms)
+    slot.publish(t0 + 4 * MS, 3000.0, 3000.0, 3000.0, 0.0, VN, VN, VN, 50.0)  # an older sample: clock holds
+    cyc.run_once(t0 + 14 * MS)
+    recs = _element_records(ring.read_new())
+    assert [(int(r["mono_ns"]) - t0, int(r["events"])) for r in recs] == [(2 * MS, EV_PICKUP), (12 * MS, EV_TRIP)]
+    assert int(recs[0]["utc_ns"]) == EPOCH + 2 * MS - 5 * MS  # UTC follows: the wall clock read at +5 ms, less 3
+    assert cyc._step_ns == t0 + 12 * MS
