@@ -18,10 +18,9 @@ Layout (one ``SharedMemory`` segment, or a ``bytearray`` for :meth:`SampleRecord
 Consistency (a per-slot sequence lock): the writer stores ``seq = 0`` (slot being written), then the fields, then
 ``seq = j + 1``, then ``head = j + 1``. The reader copies every ``seq``, then the fields, then every ``seq`` again,
 and keeps a slot only when both copies equal the ``j + 1`` it expects; a slot the writer touched meanwhile (it can
-only be the oldest ones, being overwritten) is dropped. On x86 (TSO) stores become visible in program order and
-loads are not reordered with other loads, so this is sufficient; on weakly ordered CPUs (ARM) it catches a torn
-slot in almost all cases, and a real fence needs native code (the same caveat as ``protection/shm.py``'s
-``EventRing``, noted in docs/protection.md).
+only be the oldest ones, being overwritten) is dropped. A full barrier (:func:`protection.fence.fence`) separates
+``seq = 0`` from the fields and the fields from ``seq = j + 1`` on the writer's side, and the three copies on the
+reader's, so the lock holds on weakly ordered CPUs (ARM) as well as on x86.
 
 The creator owns the segment (``close(unlink=True)``); the other side only closes it.
 """
@@ -36,6 +35,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from protection.fence import fence
 from protection.measurements import Measurements
 
 QUANTITIES: Final = ("ia", "ib", "ic", "in", "va", "vb", "vc", "f")  # column order of RecordedWindow.values
@@ -186,6 +186,7 @@ class SampleRecorder:
         i = j % self._cap
         seq = self._wseq
         seq[i] = 0  # slot being written: a reader that sees 0 (or a changed seq) drops it
+        fence()
         self._wmono[i] = now_ns
         self._wutc[i] = utc_ns
         v = self._wval
@@ -201,6 +202,7 @@ class SampleRecorder:
         self._wvalid[i] = m.valid
         self._wstatus[i] = status
         j += 1
+        fence()
         seq[i] = j  # written last: the slot holds sample j - 1, complete
         self._head = j
         self._whdr[_HEAD] = j
@@ -231,11 +233,13 @@ class SampleRecorder:
         h = int(self._hdr[_HEAD])
         lo = max(0, h - cap)
         s1 = self._seq.copy()
+        fence()
         mono = self._mono.copy()
         utc = self._utc.copy()
         values = self._values.copy()
         valid = self._valid.copy()
         status = self._status.copy()
+        fence()
         s2 = self._seq.copy()
         js = np.arange(lo, h, dtype=np.int64)
         slots = (js % cap).astype(np.intp)

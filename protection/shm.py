@@ -5,9 +5,9 @@
 consumer (the gateway) calls :meth:`EventRing.read_new`. Header (int64): head = records ever written, tail =
 records ever read, overflow, capacity. Only the producer writes head and overflow, only the consumer writes tail;
 the producer writes a record's fields before it advances head, and the record's ``seq`` (= its index + 1) last,
-and the consumer stops at the first slot whose ``seq`` is not the one expected. On x86 (TSO) stores are seen in
-program order, so this is sufficient; on weakly ordered CPUs the seq check catches a record seen before its
-fields in almost all cases (a full fence would need native code: noted in docs/protection.md).
+and the consumer reads the ``seq`` s first and stops at the first slot whose ``seq`` is not the one expected.
+:func:`protection.fence.fence` (a full barrier) sits between the fields and the ``seq`` on both sides (and
+before the consumer's tail update), so the protocol holds on weakly ordered CPUs (ARM) as well as on x86.
 
 **CycleStats**: counters plus a fixed, preallocated lateness histogram in one int64 array, written by the cycle
 under a sequence lock (odd = writing) and read consistently with :meth:`CycleStats.snapshot` (retries).
@@ -27,6 +27,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from protection.fence import fence
 
 # --- events --------------------------------------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class EventRing:
         self._grp[i] = group
         self._ev[i] = events
         self._ph[i] = phases
+        fence()  # the fields before the seq that publishes them (weakly ordered CPUs)
         self._seq[i] = head + 1
         self._head = head + 1
         self._hdr[_HEAD] = head + 1
@@ -183,10 +186,13 @@ class EventRing:
         if n <= 0:
             return np.empty(0, dtype=EVENT_DTYPE)
         idx = (np.arange(tail, head) % self._cap).astype(np.intp)
+        seqs = self._seq[idx].copy()
+        fence()  # each seq read before the fields it publishes
         out = self._recs[idx].copy()
-        ok = out["seq"] == np.arange(tail + 1, head + 1, dtype=np.uint64)
-        if not ok.all():  # a record seen before its fields: take the good prefix, the rest comes next time
+        ok = seqs == np.arange(tail + 1, head + 1, dtype=np.uint64)
+        if not ok.all():  # a record not published yet: take the good prefix, the rest comes next time
             out = out[: int(np.argmin(ok))]
+        fence()  # the slots are read before the tail that lets the producer reuse them
         self._hdr[_TAIL] = tail + len(out)
         return out
 
@@ -412,6 +418,7 @@ class CycleStats:
         a = self._a
         self._seq += 1
         a[S_SEQLOCK] = self._seq
+        fence()  # odd seq visible before any field changes
         self._cycles += 1
         self._last_exec = exec_ns
         self._sum_exec += exec_ns
@@ -427,6 +434,7 @@ class CycleStats:
         a[S_LAST_CYCLE_NS] = now_ns
         a[S_VALID] = valid
         self._hist[bisect.bisect_right(HIST_EDGES_NS, lateness_ns)] += 1
+        fence()  # every field before the even seq that says "consistent"
         self._seq += 1
         a[S_SEQLOCK] = self._seq
 
@@ -450,7 +458,9 @@ class CycleStats:
             s1 = int(a[S_SEQLOCK])
             if s1 & 1:
                 continue
+            fence()
             c = a.copy()
+            fence()
             if int(a[S_SEQLOCK]) == s1:
                 break
         cycles = int(c[S_CYCLES])

@@ -74,18 +74,20 @@ class SimRig:
     @staticmethod
     async def _settle() -> None:
         """After the servers stopped: let what they left running finish (a delayed answer, a connection accepted
-        just before the shutdown still being set up), close any server-side transport nobody owns any more, then
-        cancel the rest. Python 3.11's ``Server.close`` does not close accepted connections, so a client that
-        connected in the last instant would otherwise leak a socket (a ResourceWarning, an error here)."""
+        just before the shutdown still being set up), abort every server-side transport left, then cancel the rest.
+        Python 3.11's ``Server.close`` does not close accepted connections, and a ``close()`` waiting to flush to
+        a vanished peer never finishes once the loop stops: either would leak a socket (a ResourceWarning, which
+        is an error here)."""
         me = asyncio.current_task()
         rest = [t for t in asyncio.all_tasks() if t is not me]
         if rest:
             await asyncio.wait(rest, timeout=2.0)
         transports = getattr(asyncio.get_running_loop(), "_transports", {})  # selector loop: fd -> transport
         for tr in list(transports.values()):
-            if tr is not None and not tr.is_closing():
-                tr.close()
-        await asyncio.sleep(0)  # run the close callbacks
+            if tr is not None:
+                tr.abort()  # also ends a close() still waiting to flush to a peer that is gone
+        for _ in range(3):
+            await asyncio.sleep(0)  # run the connection-lost callbacks, which close the sockets
         rest = [t for t in asyncio.all_tasks() if t is not me]
         for t in rest:
             t.cancel()
