@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.poll
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.sync
+	$(BIN)/python -m bench.protection
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-data *.egg-info

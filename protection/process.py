@@ -14,8 +14,9 @@ event loop) and returns a :class:`ProtectionHandle`. In the child (:func:`_child
    calling thread on Linux) and pins itself to one CPU (``os.sched_setaffinity(0, {cpu})``). Either may be refused
    (no CAP_SYS_NICE / RLIMIT_RTPRIO, a container, a CPU outside the allowed set): that is logged as a warning and
    reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal.
-   When SCHED_FIFO was granted, the source's and the outputs' I/O threads get it too, one priority lower (a
-   measurement poll waiting behind the gateway's work on a busy CPU would delay detection);
+   When SCHED_FIFO was granted, every other thread (the source's and the outputs' I/O threads, the main thread)
+   gets it too, one priority lower: a poll waiting behind other work delays detection, and a normal-priority
+   thread preempted while it holds the GIL would stall the cycle (priority inversion);
 4. the main thread waits for the stop word (and exits when the parent dies); then it stops and joins the cycle
    thread, closes the outputs and the source (joining their threads), marks the state ``stopped`` and exits.
 
@@ -100,22 +101,25 @@ def _set_realtime(stats: CycleStats, cpu: int | None, priority: int) -> None:
 
 
 def _set_io_realtime(priority: int) -> None:
-    """Give the process's I/O threads (source poller, trip outputs) SCHED_FIFO just below the cycle.
+    """Give every other thread of the process SCHED_FIFO just below the cycle (I/O threads, the main thread).
 
-    They are part of the real-time path: a poll that waits behind the gateway's work on a busy CPU delays
-    fault detection as surely as a late cycle does. Applied by thread id (Linux scheduling is per thread);
+    The I/O threads (source poller, trip outputs) are part of the real-time path: a poll that waits behind the
+    gateway's work on a busy CPU delays fault detection as surely as a late cycle does. And every thread of
+    this process takes the GIL: one left at normal priority can be preempted by unrelated load *while holding
+    it*, and the cycle then waits until that thread is scheduled again (tens of ms on a loaded CPU) — a
+    priority inversion no switch interval can bound. Applied by thread id (Linux scheduling is per thread);
     refusal is logged, never fatal. Called from the cycle thread once its own settings are in force.
     """
     if priority <= 1:
         return
     me = threading.get_ident()
     for t in threading.enumerate():
-        if t is threading.main_thread() or t.ident == me or t.native_id is None:
+        if t.ident == me or t.native_id is None:
             continue
         try:
             os.sched_setscheduler(t.native_id, os.SCHED_FIFO, os.sched_param(priority - 1))
         except (OSError, AttributeError) as e:
-            log.warning("protection: SCHED_FIFO for I/O thread %s refused (%s)", t.name, e)
+            log.warning("protection: SCHED_FIFO for thread %s refused (%s)", t.name, e)
 
 
 def _child_main(args: _ChildArgs) -> None:

@@ -63,7 +63,7 @@ class SimRig:
         return srv
 
     def stop(self, srv: SimServer) -> None:
-        self.run(srv.stop())
+        self.run(self._stopped(srv.stop()))
 
     def byte_server(self, handler: Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]) -> ByteServer:
         bs = ByteServer(handler)
@@ -72,23 +72,25 @@ class SimRig:
         return bs
 
     @staticmethod
+    async def _stopped(stop: Awaitable[None]) -> None:
+        """Run a server's stop after the loop has taken in every connection already waiting to be accepted.
+
+        Python 3.11 asyncio leaks the socket of a connection accepted just as its server closes (the transport
+        cannot attach to a closed server; a ResourceWarning later, which is an error here). A client that
+        connected before the stop sits in the kernel's backlog until the loop polls the listening socket, so a
+        few loop iterations first (accept callback, then the task that builds the transport) close that gap.
+        """
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await stop
+
+    @staticmethod
     async def _settle() -> None:
-        """After the servers stopped: let what they left running finish (a delayed answer, a connection accepted
-        just before the shutdown still being set up), abort every server-side transport left, then cancel the rest.
-        Python 3.11's ``Server.close`` does not close accepted connections, and a ``close()`` waiting to flush to
-        a vanished peer never finishes once the loop stops: either would leak a socket (a ResourceWarning, which
-        is an error here)."""
+        """Let what the stopped servers left running finish (e.g. a delayed answer), then cancel the rest."""
         me = asyncio.current_task()
         rest = [t for t in asyncio.all_tasks() if t is not me]
         if rest:
             await asyncio.wait(rest, timeout=2.0)
-        transports = getattr(asyncio.get_running_loop(), "_transports", {})  # selector loop: fd -> transport
-        for tr in list(transports.values()):
-            if tr is not None:
-                tr.abort()  # also ends a close() still waiting to flush to a peer that is gone
-        for _ in range(3):
-            await asyncio.sleep(0)  # run the connection-lost callbacks, which close the sockets
-        rest = [t for t in asyncio.all_tasks() if t is not me]
         for t in rest:
             t.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
@@ -96,9 +98,9 @@ class SimRig:
     def close(self) -> None:
         try:
             for srv in self._servers:
-                self.run(srv.stop())
+                self.run(self._stopped(srv.stop()))
             for bs in self._byte_servers:
-                self.run(bs.__aexit__(None, None, None))
+                self.run(self._stopped(bs.__aexit__(None, None, None)))
             self.run(self._settle())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
