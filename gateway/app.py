@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from gateway.config import GatewayConfig
+from gateway.controls import ControlService
+from gateway.drivers import SESSION_DRIVERS, driver_factory
 from gateway.latest import LatestTable
 from gateway.model import Event, PointInfo, ReadingBatch
 from gateway.runner import LinkRunner
+from gateway.session_runner import SessionRunner
 from storefwd.store import Store
 
 if TYPE_CHECKING:  # imported when used: a gateway without sinks/panel never loads httpx/uvicorn/starlette
@@ -65,7 +68,8 @@ class Gateway:
         self.wall_ns = wall_ns
         self._sink_transport = sink_transport
         self.store: Store | None = None
-        self.runners: list[LinkRunner] = []
+        self.runners: list[LinkRunner | SessionRunner] = []
+        self.controls: ControlService | None = None
         self.uploaders: list[Uploader] = []
         self.panel: AsgiServer | None = None
         self.protection: ProtectionService | None = None
@@ -135,12 +139,34 @@ class Gateway:
             self.panel = AsgiServer(build_status_app(self), cfg.panel.host, cfg.panel.port, name="panel")
             await self.panel.start()
 
+        targets: dict[str, LinkRunner | SessionRunner] = {}
         for link in cfg.links:
-            runner = LinkRunner(
-                link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns
-            )
+            runner: LinkRunner | SessionRunner
+            if link.protocol in SESSION_DRIVERS:
+                runner = SessionRunner(
+                    link,
+                    point_ids=self.point_ids,
+                    emit=self._emit,
+                    driver_factory=driver_factory(link.protocol),
+                    mono_ns=self.mono_ns,
+                    wall_ns=self.wall_ns,
+                )
+            else:
+                runner = LinkRunner(
+                    link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns
+                )
             self.runners.append(runner)
-            self._tasks.append(asyncio.create_task(runner.run(), name=f"link-{link.name}"))
+            targets.update((d.name, runner) for d in link.devices)
+        store = self.store
+        self.controls = ControlService(
+            targets,
+            {f"{dev.name}.{p.name}": p for _, dev in cfg.devices() for p in dev.points},
+            lambda ev: asyncio.to_thread(store.add_events, [ev]),
+            mono_ns=self.mono_ns,
+            wall_ns=self.wall_ns,
+        )
+        for runner in self.runners:
+            self._tasks.append(asyncio.create_task(runner.run(), name=f"link-{runner.link.name}"))
         log.info(
             "gateway %s started: %d links, %d devices, %d points, store %s",
             cfg.id,

@@ -16,10 +16,30 @@ from protection.settings import ProtectionSettings
 
 CONFIG_VERSION = 1
 
-RegisterKind = Literal["coil", "discrete", "input", "holding"]
+RegisterKind = Literal["coil", "discrete", "input", "holding"]  # Modbus tables
+# DNP3 point types: binary_output is binary output status (g10) + CROB (g12); analog_output is g40 + g41.
+Dnp3Kind = Literal[
+    "binary_input", "double_bit_input", "analog_input", "counter", "binary_output", "analog_output"
+]
+PointKind = Literal[
+    "coil", "discrete", "input", "holding",
+    "binary_input", "double_bit_input", "analog_input", "counter", "binary_output", "analog_output",
+    "attribute",  # IEC 61850 data attribute (ref + da + fc)
+]
+MODBUS_KINDS: frozenset[str] = frozenset({"coil", "discrete", "input", "holding"})
+DNP3_KINDS: frozenset[str] = frozenset(
+    {"binary_input", "double_bit_input", "analog_input", "counter", "binary_output", "analog_output"}
+)
+IEC61850_KINDS: frozenset[str] = frozenset({"attribute"})
+# IEC 61850-7-2 functional constraints a point may be read with.
+IEC61850_FCS: frozenset[str] = frozenset(
+    {"ST", "MX", "SP", "SV", "CF", "DC", "SG", "SE", "SR", "OR", "BL", "EX", "CO"}
+)
 DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64"]
 Order = Literal["big", "little"]
-Protocol = Literal["modbus_tcp", "modbus_rtu"]
+Protocol = Literal["modbus_tcp", "modbus_rtu", "dnp3_tcp", "iec61850"]
+# TCP port a link gets when its table has no ``port`` key.
+DEFAULT_PORTS: dict[str, int] = {"modbus_tcp": 502, "dnp3_tcp": 20000, "iec61850": 102}
 Parity = Literal["N", "E", "O"]
 
 # Registers (16-bit words) each data type occupies; bool is one bit (coil/discrete) or one register (!=0).
@@ -37,8 +57,9 @@ DTYPE_WORDS: dict[str, int] = {
 @dataclass(frozen=True, slots=True)
 class PointConfig:
     name: str  # point name, unique within its device; stored as "device.point"
-    kind: RegisterKind  # Modbus table: coil (FC1), discrete (FC2), input (FC4), holding (FC3)
-    address: int  # 0-based protocol address of the first register/bit
+    # Modbus table (coil FC1, discrete FC2, input FC4, holding FC3), DNP3 point type, or "attribute" (IEC 61850)
+    kind: PointKind
+    address: int = 0  # Modbus: 0-based address of the first register/bit; DNP3: point index
     type: DataType = "uint16"  # data type; bits (coil/discrete) are always bool
     word_order: Order = "big"  # order of 16-bit words in multi-word types ("little" = low word first)
     byte_order: Order = "big"  # order of the two bytes inside each word
@@ -47,7 +68,35 @@ class PointConfig:
     unit: str = ""  # engineering unit shown to people, e.g. "A", "kV", "Hz"
     period_s: float = 1.0  # poll period in seconds; points sharing a period are read together
     deadband: float = 0.0  # absolute; a new value is stored only if it moved more than this (0 = every poll)
-    writable: bool = False  # allow writes (controls) to this point (coil or holding only)
+    writable: bool = False  # allow controls on this point (Modbus coil/holding, DNP3 outputs, 61850 controllable)
+    ref: str = ""  # IEC 61850: data object reference, e.g. "IED1LD0/MMXU1.A.phsA" (its q and t are read with it)
+    da: str = ""  # IEC 61850: value attribute under the data object, e.g. "cVal.mag.f", "stVal"
+    fc: str = ""  # IEC 61850: functional constraint of the value attribute, e.g. "MX", "ST"
+
+
+@dataclass(frozen=True, slots=True)
+class Dnp3Settings:
+    """``[links.devices.dnp3]``: how the master talks to one outstation (protocol dnp3_tcp)."""
+
+    master_address: int = 1  # our link-layer address (0..65519)
+    outstation_address: int = 10  # the outstation's link-layer address (0..65519)
+    integrity_period_s: float = 3600.0  # class 0123 poll; also at start, reconnect, restart, overflow (0 = only those)
+    class1_period_s: float = 5.0  # class 1 event poll period (0 = not polled; e.g. with unsolicited)
+    class2_period_s: float = 5.0  # class 2 event poll period (0 = not polled)
+    class3_period_s: float = 5.0  # class 3 event poll period (0 = not polled)
+    unsolicited: bool = False  # enable unsolicited responses for classes 1-3 after the integrity poll
+    time_sync_period_s: float = 0.0  # write the time this often (0 = only when the outstation sets need-time)
+
+
+@dataclass(frozen=True, slots=True)
+class Iec61850Settings:
+    """``[links.devices.iec61850]``: reports to enable on one IED (protocol iec61850)."""
+
+    # Report control blocks to enable, e.g. "IED1LD0/LLN0.BR.brcbMeas01" (buffered) or "…LLN0.RP.urcbSt01".
+    # Points in their data sets arrive by report; other points are polled every period_s.
+    reports: tuple[str, ...] = ()
+    integrity_period_s: float = 0.0  # integrity report period of every enabled RCB (0 = no integrity reports)
+    buffer_time_ms: int = 0  # RCB buffer time: changes within it go into one report
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +111,16 @@ class DeviceConfig:
     backoff_max_s: float = 60.0  # longest back-off between retries of a silent device
     stale_after_periods: float = 3.0  # a point not updated for this many periods is marked old-data
     points: tuple[PointConfig, ...] = ()  # the device's points (or from its template)
+    dnp3: Dnp3Settings = field(default_factory=Dnp3Settings)  # protocol dnp3_tcp only
+    iec61850: Iec61850Settings = field(default_factory=Iec61850Settings)  # protocol iec61850 only
 
 
 @dataclass(frozen=True, slots=True)
 class LinkConfig:
     name: str  # link name, unique in the gateway
-    protocol: Protocol  # "modbus_tcp" or "modbus_rtu"
-    host: str = ""  # modbus_tcp: IP address or host name of the device/gateway
-    port: int = 502  # modbus_tcp: TCP port
+    protocol: Protocol  # "modbus_tcp", "modbus_rtu", "dnp3_tcp" or "iec61850"
+    host: str = ""  # TCP protocols: IP address or host name of the device/gateway
+    port: int = 502  # TCP port; when left out: 502 (Modbus), 20000 (DNP3), 102 (IEC 61850 MMS)
     serial_port: str = ""  # modbus_rtu: serial device, e.g. /dev/ttyUSB0
     baudrate: int = 9600  # modbus_rtu: bits per second
     parity: Parity = "N"  # modbus_rtu: N, E or O

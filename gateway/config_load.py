@@ -23,9 +23,16 @@ from typing import Any, Literal, get_args, get_origin
 
 from gateway.config import (
     CONFIG_VERSION,
+    DEFAULT_PORTS,
+    DNP3_KINDS,
     DTYPE_WORDS,
+    IEC61850_FCS,
+    IEC61850_KINDS,
+    MODBUS_KINDS,
     DeviceConfig,
+    Dnp3Settings,
     GatewayConfig,
+    Iec61850Settings,
     LinkConfig,
     PanelConfig,
     PointConfig,
@@ -63,6 +70,24 @@ class ConfigFileError(ConfigError):
 _GATEWAY_SCALARS = ("id", "data_dir", "log_level")
 _TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates", "protection")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Point kinds each protocol accepts, and point keys that mean nothing for it (an error if given).
+_KINDS: dict[str, frozenset[str]] = {
+    "modbus_tcp": MODBUS_KINDS,
+    "modbus_rtu": MODBUS_KINDS,
+    "dnp3_tcp": DNP3_KINDS,
+    "iec61850": IEC61850_KINDS,
+}
+_MODBUS_ONLY_POINT_KEYS = ("type", "word_order", "byte_order")
+_IEC61850_POINT_KEYS = ("ref", "da", "fc")
+_NOT_FOR: dict[str, tuple[str, ...]] = {
+    "modbus_tcp": _IEC61850_POINT_KEYS,
+    "modbus_rtu": _IEC61850_POINT_KEYS,
+    "dnp3_tcp": (*_MODBUS_ONLY_POINT_KEYS, *_IEC61850_POINT_KEYS),
+    "iec61850": (*_MODBUS_ONLY_POINT_KEYS, "address"),
+}
+MODBUS_KINDS_PROTOCOLS = ("modbus_tcp", "modbus_rtu")
+_MODBUS_DEVICE_KEYS = ("unit_id", "max_registers_per_request", "max_bits_per_request", "max_gap")
+_DNP3_ADDRESS_MAX = 65519  # 0xFFF0..0xFFFF are reserved (broadcast, self-address)
 
 
 def suggest(word: str, options: typing.Iterable[str]) -> str:
@@ -345,12 +370,13 @@ class _Loader:
                 self.err(f"{key}.name", f"duplicate link name {name!r}")
             link_names.add(str(name))
             proto = kw.get("protocol")
-            if proto == "modbus_tcp":
+            if proto in DEFAULT_PORTS:  # TCP protocols
+                kw.setdefault("port", DEFAULT_PORTS[proto])
                 if not kw.get("host"):
-                    self.err(f"{key}.host", "required for protocol modbus_tcp")
-                if not 1 <= kw.get("port", 502) <= 65535:
+                    self.err(f"{key}.host", f"required for protocol {proto}")
+                if not 1 <= kw["port"] <= 65535:
                     self.err(f"{key}.port", "must be 1..65535")
-                ep = (kw.get("host", ""), kw.get("port", 502))
+                ep = (kw.get("host", ""), kw["port"])
                 if ep in tcp_endpoints:
                     self.err(
                         f"{key}.port",
@@ -377,8 +403,13 @@ class _Loader:
                 self.err(f"{key}.devices", "expected an array of tables: [[links.devices]]")
                 devs_raw = []
             units: set[int] = set()
+            if proto in ("dnp3_tcp", "iec61850") and len(devs_raw) > 1:
+                self.err(
+                    f"{key}.devices",
+                    f"a {proto} link reaches one device ({len(devs_raw)} given); give each device its own link",
+                )
             for j, dr in enumerate(devs_raw):
-                dev = self.device(dr, f"{key}.devices", j, templates)
+                dev = self.device(dr, f"{key}.devices", j, templates, str(proto))
                 if dev is None:
                     continue
                 dkey = f"{key}.devices[{dev.name}]"
@@ -389,7 +420,7 @@ class _Loader:
                         dev.name,
                     )
                 device_names[dev.name] = str(name)
-                if dev.unit_id in units:
+                if proto in MODBUS_KINDS_PROTOCOLS and dev.unit_id in units:
                     self.err(f"{dkey}.unit_id", f"unit id {dev.unit_id} used twice on this link", dev.name)
                 units.add(dev.unit_id)
                 devices.append(dev)
@@ -399,7 +430,7 @@ class _Loader:
         return out
 
     def device(
-        self, raw: Any, parent: str, index: int, templates: dict[str, dict[str, Any]]
+        self, raw: Any, parent: str, index: int, templates: dict[str, dict[str, Any]], proto: str = "modbus_tcp"
     ) -> DeviceConfig | None:
         if not isinstance(raw, dict):
             self.err(f"{parent}[{index}]", "expected a table")
@@ -418,13 +449,35 @@ class _Loader:
             if "points" in raw and "points" in templates[tname]:
                 merged["points"] = [*templates[tname]["points"], *raw["points"]]
         kw = self.fill(
-            DeviceConfig, merged, key, device=str(name), skip=("points",), extra_allowed=("template",)
+            DeviceConfig,
+            merged,
+            key,
+            device=str(name),
+            skip=("points", "dnp3", "iec61850"),
+            extra_allowed=("template",),
         )
         if kw is None or "name" not in kw:
             return None
         dn = kw["name"]
         if "." in dn or not dn.strip():
             self.err(f"{key}.name", "device names must be non-empty and contain no '.'", dn)
+        if proto not in MODBUS_KINDS_PROTOCOLS:
+            for mk in _MODBUS_DEVICE_KEYS:
+                if mk in merged:
+                    self.err(f"{key}.{mk}", f"a Modbus setting; not used by protocol {proto}", dn)
+        for section, cls, owner in (("dnp3", Dnp3Settings, "dnp3_tcp"), ("iec61850", Iec61850Settings, "iec61850")):
+            if section not in merged:
+                continue
+            if proto != owner:
+                self.err(f"{key}.{section}", f"only for protocol {owner} (this link is {proto})", dn)
+                continue
+            sub = self.fill(cls, merged[section], f"{key}.{section}", device=dn)
+            if sub is not None:
+                kw[section] = cls(**sub)
+        if proto == "dnp3_tcp":
+            self.check_dnp3(kw.get("dnp3", Dnp3Settings()), f"{key}.dnp3", dn)
+        elif proto == "iec61850":
+            self.check_iec61850(kw.get("iec61850", Iec61850Settings()), f"{key}.iec61850", dn)
         if not 0 <= kw.get("unit_id", 1) <= 247:
             self.err(f"{key}.unit_id", f"must be 0..247, got {kw.get('unit_id')}", dn)
         if not 1 <= kw.get("max_registers_per_request", 125) <= 125:
@@ -445,7 +498,7 @@ class _Loader:
         points: list[PointConfig] = []
         seen: set[str] = set()
         for k, pr in enumerate(points_raw):
-            p = self.point(pr, f"{key}.points", k, dn, kw.get("max_registers_per_request", 125))
+            p = self.point(pr, f"{key}.points", k, dn, kw.get("max_registers_per_request", 125), proto)
             if p is None:
                 continue
             if p.name in seen:
@@ -454,12 +507,97 @@ class _Loader:
             points.append(p)
         return DeviceConfig(**kw, points=tuple(points))
 
-    def point(self, raw: Any, parent: str, index: int, device: str, max_regs: int) -> PointConfig | None:
+    def check_dnp3(self, d: Dnp3Settings, key: str, dn: str) -> None:
+        for f in ("master_address", "outstation_address"):
+            if not 0 <= getattr(d, f) <= _DNP3_ADDRESS_MAX:
+                self.err(f"{key}.{f}", f"must be 0..{_DNP3_ADDRESS_MAX}, got {getattr(d, f)}", dn)
+        if d.master_address == d.outstation_address:
+            self.err(f"{key}.master_address", "must differ from outstation_address", dn)
+        for f in ("integrity_period_s", "class1_period_s", "class2_period_s", "class3_period_s", "time_sync_period_s"):
+            if getattr(d, f) < 0:
+                self.err(f"{key}.{f}", "must be >= 0 (0 = off)", dn)
+
+    def check_iec61850(self, s: Iec61850Settings, key: str, dn: str) -> None:
+        for i, r in enumerate(s.reports):
+            parts = r.replace("$", ".").split(".")
+            if "/" not in r or len(parts) < 3 or parts[-2] not in ("BR", "RP"):
+                self.err(
+                    f"{key}.reports[{i}]",
+                    f"{r!r} is not a report control block reference like 'IED1LD0/LLN0.BR.brcbMeas01'",
+                    dn,
+                )
+        if len(set(s.reports)) != len(s.reports):
+            self.err(f"{key}.reports", "a report control block is listed twice", dn)
+        if s.integrity_period_s < 0:
+            self.err(f"{key}.integrity_period_s", "must be >= 0 (0 = no integrity reports)", dn)
+        if s.buffer_time_ms < 0:
+            self.err(f"{key}.buffer_time_ms", "must be >= 0", dn)
+
+    def point(
+        self, raw: Any, parent: str, index: int, device: str, max_regs: int, proto: str = "modbus_tcp"
+    ) -> PointConfig | None:
         label = raw.get("name", index) if isinstance(raw, dict) else index
         key = f"{parent}[{label}]"
         kw = self.fill(PointConfig, raw, key, device=device)
-        if kw is None or not {"name", "kind", "address"} <= kw.keys():
+        if kw is None or "name" not in kw or "kind" not in kw:
             return None
+        kinds = _KINDS.get(proto, MODBUS_KINDS)
+        if kw["kind"] not in kinds:
+            self.err(
+                f"{key}.kind",
+                f"{kw['kind']!r} is not a {proto} point kind; expected one of {', '.join(sorted(kinds))}",
+                device,
+            )
+            return None
+        for k in _NOT_FOR.get(proto, ()):
+            if k in raw:
+                self.err(f"{key}.{k}", f"not used by protocol {proto}", device)
+        if "." in kw["name"] or not kw["name"].strip():
+            self.err(f"{key}.name", "point names must be non-empty and contain no '.'", device)
+        if kw.get("period_s", 1.0) <= 0:
+            self.err(f"{key}.period_s", "must be > 0", device)
+        if kw.get("deadband", 0.0) < 0:
+            self.err(f"{key}.deadband", "must be >= 0", device)
+        if kw.get("scale", 1.0) == 0:
+            self.err(f"{key}.scale", "must not be 0", device)
+        if proto == "dnp3_tcp":
+            return self.dnp3_point(kw, raw, key, device)
+        if proto == "iec61850":
+            return self.iec61850_point(kw, key, device)
+        if "address" not in raw:
+            self.err(f"{key}.address", "missing required key", device)
+            return None
+        return self.modbus_point(kw, key, device, max_regs)
+
+    def dnp3_point(self, kw: dict[str, Any], raw: Any, key: str, device: str) -> PointConfig:
+        if "address" not in raw:
+            self.err(f"{key}.address", "missing required key (the DNP3 point index)", device)
+        elif not 0 <= kw.get("address", 0) <= 65535:
+            self.err(f"{key}.address", f"a DNP3 point index is 0..65535, got {kw['address']}", device)
+        if kw.get("writable") and kw["kind"] not in ("binary_output", "analog_output"):
+            self.err(
+                f"{key}.writable", f"only binary_output and analog_output can be controlled, not {kw['kind']}", device
+            )
+        return PointConfig(**kw)
+
+    def iec61850_point(self, kw: dict[str, Any], key: str, device: str) -> PointConfig:
+        for k, example in (("ref", "IED1LD0/MMXU1.A.phsA"), ("da", "cVal.mag.f"), ("fc", "MX")):
+            if not kw.get(k):
+                self.err(f"{key}.{k}", f"missing required key for protocol iec61850, e.g. {k} = {example!r}", device)
+        ref = kw.get("ref", "")
+        if ref and ("/" not in ref or "." not in ref.split("/", 1)[1]):
+            self.err(f"{key}.ref", f"{ref!r} is not a data object reference like 'IED1LD0/MMXU1.A.phsA'", device)
+        fc = kw.get("fc", "")
+        if fc and fc not in IEC61850_FCS:
+            self.err(
+                f"{key}.fc",
+                f"unknown functional constraint {fc!r}{suggest(fc, IEC61850_FCS)}"
+                f"; one of {', '.join(sorted(IEC61850_FCS))}",
+                device,
+            )
+        return PointConfig(**kw)
+
+    def modbus_point(self, kw: dict[str, Any], key: str, device: str, max_regs: int) -> PointConfig:
         kind, typ = kw["kind"], kw.get("type")
         if kind in ("coil", "discrete"):
             if typ not in (None, "bool"):
@@ -471,16 +609,8 @@ class _Loader:
             self.err(f"{key}.address", f"must be 0..65535 (and the value must fit), got {addr}", device)
         if words > max_regs and kind in ("input", "holding"):
             self.err(f"{key}.type", f"{words} registers exceed max_registers_per_request={max_regs}", device)
-        if kw.get("period_s", 1.0) <= 0:
-            self.err(f"{key}.period_s", "must be > 0", device)
-        if kw.get("deadband", 0.0) < 0:
-            self.err(f"{key}.deadband", "must be >= 0", device)
-        if kw.get("scale", 1.0) == 0:
-            self.err(f"{key}.scale", "must not be 0", device)
         if kw.get("writable") and kind not in ("coil", "holding"):
             self.err(f"{key}.writable", f"only coil and holding points can be written, not {kind}", device)
-        if "." in kw["name"] or not kw["name"].strip():
-            self.err(f"{key}.name", "point names must be non-empty and contain no '.'", device)
         return PointConfig(**kw)
 
 

@@ -53,12 +53,15 @@ from gateway.config import DeviceConfig, LinkConfig, PointConfig
 from gateway.model import Q, ReadingBatch
 from protocols.modbus import (
     Q_NO_RESPONSE,
+    DeviceTimeout,
     LinkDown,
     ModbusClient,
     ModbusError,
+    ModbusExceptionResponse,
     ReadBlock,
     plan_device,
 )
+from protocols.session import ControlAction, ControlRequest, ControlResult, ControlStatus
 
 __all__ = ["EMIT_RETRY_S", "LATENESS_WINDOW", "LinkRunner"]
 
@@ -70,6 +73,14 @@ STALE_CHECK_NS: Final = 100_000_000  # at most this often, check every group for
 STOP_FLUSH_S: Final = 2.0  # on stop, how long to keep offering the final old-data batch
 PHASE_SPREAD_S: Final = 1.0  # slot grids are offset by up to min(period, this) so links do not poll in bursts
 _GT: Final = int(Q.GATEWAY_TIME)
+# Modbus exception code of a refused write → control outcome.
+_WRITE_EXCEPTION_STATUS: Final = {
+    0x01: ControlStatus.NOT_SUPPORTED,  # illegal function
+    0x02: ControlStatus.NOT_SUPPORTED,  # illegal data address
+    0x03: ControlStatus.FORMAT_ERROR,  # illegal data value
+    0x04: ControlStatus.HARDWARE_ERROR,  # server device failure
+    0x06: ControlStatus.ALREADY_ACTIVE,  # server busy
+}
 _OLD: Final = int(Q.OLD_DATA)
 _VALIDITY: Final = 0x0003
 
@@ -336,6 +347,37 @@ class LinkRunner:
                 elif not exc.no_response:
                     dev.errors += 1
                 raise
+
+    async def select(self, request: ControlRequest) -> ControlResult:
+        """Modbus has no select: the control service's own selection is the whole of it. Nothing is sent."""
+        return ControlResult(ControlStatus.SUCCESS, "gateway-side selection (Modbus has no select)")
+
+    async def cancel(self, request: ControlRequest) -> ControlResult:
+        return ControlResult(ControlStatus.SUCCESS, "gateway-side selection released")
+
+    async def operate(self, request: ControlRequest) -> ControlResult:
+        """Write the control: ``VALUE`` writes the value, ``LATCH_ON``/``LATCH_OFF`` write 1/0 (coils and holding
+        registers); pulses and trip/close need a device-side timer and are ``NOT_SUPPORTED`` over Modbus."""
+        action = request.action
+        if action is ControlAction.VALUE:
+            value = request.value
+        elif action in (ControlAction.LATCH_ON, ControlAction.LATCH_OFF):
+            value = 1.0 if action is ControlAction.LATCH_ON else 0.0
+        else:
+            return ControlResult(ControlStatus.NOT_SUPPORTED, f"{action.value} is not a Modbus write")
+        if not self._client.connected:
+            return ControlResult(ControlStatus.LINK_DOWN, f"link {self.link.name} is not connected")
+        try:
+            await self.write(request.device, request.point, value)
+        except (KeyError, ValueError) as exc:
+            return ControlResult(ControlStatus.REJECTED, str(exc).strip("'\""))
+        except ModbusExceptionResponse as exc:
+            return ControlResult(_WRITE_EXCEPTION_STATUS.get(exc.code, ControlStatus.REJECTED), str(exc), exc.code)
+        except (LinkDown, DeviceTimeout) as exc:
+            return ControlResult(ControlStatus.NO_RESPONSE, f"{exc}; outcome unknown")
+        except ModbusError as exc:  # garbage in reply: the device may or may not have written
+            return ControlResult(ControlStatus.REJECTED, f"{exc}; outcome unknown")
+        return ControlResult(ControlStatus.SUCCESS)
 
     def status(self) -> list[dict[str, Any]]:
         """One dict per device for the status page and metrics (see module docstring for the fields)."""

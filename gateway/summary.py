@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import GatewayConfig
+from gateway.config import DeviceConfig, GatewayConfig
 from protocols.modbus import plan_device, requests_per_second
 
 
@@ -13,14 +13,17 @@ def _plural(n: int, word: str) -> str:
 def format_summary(cfg: GatewayConfig) -> str:
     devices = cfg.devices()
     n_points = sum(len(d.points) for _, d in devices)
-    total_rps = sum(requests_per_second(d) for _, d in devices)
-    naive_rps = sum(1.0 / p.period_s for _, d in devices for p in d.points)
+    modbus = [d for link, d in devices if link.protocol.startswith("modbus")]
+    total_rps = sum(requests_per_second(d) for d in modbus)
+    naive_rps = sum(1.0 / p.period_s for d in modbus for p in d.points)
     lines = [
         f"config OK: gateway {cfg.id!r} ({cfg.source})",
         f"  {_plural(len(cfg.links), 'link')}, {_plural(len(devices), 'device')}, {_plural(n_points, 'point')}",
-        f"  {total_rps:.1f} Modbus requests/s after block coalescing ({naive_rps:.1f} if read one point per request)",
         f"  store: {cfg.store_path} (budget {cfg.storage.disk_budget_mb:g} MiB)",
     ]
+    if modbus:
+        coalesced = f"{total_rps:.1f} Modbus requests/s after block coalescing"
+        lines.insert(2, f"  {coalesced} ({naive_rps:.1f} if read one point per request)")
     prot = cfg.protection
     if prot.group1 or prot.group2:
         for n, group in ((1, prot.group1), (2, prot.group2)):
@@ -37,10 +40,13 @@ def format_summary(cfg: GatewayConfig) -> str:
     for link in cfg.links:
         where = (
             f"{link.host}:{link.port}"
-            if link.protocol == "modbus_tcp"
+            if link.protocol != "modbus_rtu"
             else (f"{link.serial_port} {link.baudrate} {link.bytesize}{link.parity}{link.stopbits}")
         )
         lines.append(f"  link {link.name} ({link.protocol} {where})")
+        if link.protocol in ("dnp3_tcp", "iec61850"):
+            lines.extend(_session_device_line(link.protocol, d) for d in link.devices)
+            continue
         for d in link.devices:
             blocks = plan_device(d)
             n_req = sum(len(b) for b in blocks.values())
@@ -49,6 +55,21 @@ def format_summary(cfg: GatewayConfig) -> str:
                 f"{_plural(n_req, 'request')} per cycle, {requests_per_second(d):.2f} requests/s"
             )
     return "\n".join(lines)
+
+
+def _session_device_line(protocol: str, d: DeviceConfig) -> str:
+    head = f"    device {d.name}: {_plural(len(d.points), 'point')}"
+    if protocol == "dnp3_tcp":
+        s = d.dnp3
+        classes = [f"{c}: {p:g} s" for c, p in (("1", s.class1_period_s), ("2", s.class2_period_s),
+                                                ("3", s.class3_period_s)) if p > 0]
+        integrity = f"every {s.integrity_period_s:g} s" if s.integrity_period_s > 0 else "at start/restart only"
+        return (
+            f"{head}, outstation {s.outstation_address} (master {s.master_address}), integrity {integrity}, "
+            f"event polls {', '.join(classes) or 'none'}, unsolicited {'on' if s.unsolicited else 'off'}"
+        )
+    reports = d.iec61850.reports
+    return f"{head}, {_plural(len(reports), 'report')} ({', '.join(reports) or 'polling only'})"
 
 
 def _describe_spec(spec: object) -> str:

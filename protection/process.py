@@ -16,7 +16,8 @@ event loop) and returns a :class:`ProtectionHandle`. In the child (:func:`_child
    reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal.
    When SCHED_FIFO was granted, every other thread (the source's and the outputs' I/O threads, the main thread)
    gets it too, one priority lower: a poll waiting behind other work delays detection, and a normal-priority
-   thread preempted while it holds the GIL would stall the cycle (priority inversion);
+   thread preempted while it holds the GIL would stall the cycle (priority inversion); and the process locks its
+   pages in RAM (``mlockall``) so no page fault stalls the cycle;
 4. the main thread waits for the stop word (and exits when the parent dies); then it stops and joins the cycle
    thread, closes the outputs and the source (joining their threads), marks the state ``stopped`` and exits.
 
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 GC_GEN0_LIMIT = 5000  # safe-point collection threshold (objects in generation 0)
 STOP_POLL_S = 0.02  # how often the child's main thread looks at the stop word (stop latency)
 SWITCH_INTERVAL_S = 0.0005  # the child's GIL switch interval: bounds how long another thread can delay the cycle
+MCL_CURRENT = 1  # mlockall(2) flags (Linux)
+MCL_FUTURE = 2
 DEFAULT_FIFO_PRIORITY = 80  # SCHED_FIFO priority asked for (1..99); above the kernel's threaded IRQs at 50
 
 
@@ -98,6 +101,28 @@ def _set_realtime(stats: CycleStats, cpu: int | None, priority: int) -> None:
             err = getattr(e, "errno", None) or -1
             log.warning("protection: pinning the cycle thread to CPU %s refused (%s); not pinned", cpu, e)
             stats.set_fields(cpu=-1, affinity_errno=err)
+
+
+def _lock_memory() -> None:
+    """Lock the process's pages in RAM (``mlockall``) so the cycle never waits on a page fault.
+
+    ``MCL_FUTURE`` is added only when ``RLIMIT_MEMLOCK`` is unlimited: with a finite limit a later allocation
+    beyond it would fail with ``MemoryError``. Refusal (no privilege, limit too small) is logged, never fatal.
+    Called with SCHED_FIFO granted, where a major fault (code paged back in after the page cache was squeezed)
+    is the remaining source of multi-millisecond stalls.
+    """
+    try:
+        import ctypes
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        flags = MCL_CURRENT | (MCL_FUTURE if soft == resource.RLIM_INFINITY else 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mlockall(flags) != 0:
+            err = ctypes.get_errno()
+            log.warning("protection: mlockall refused (%s); pages may fault", os.strerror(err))
+    except (OSError, AttributeError, ValueError) as e:
+        log.warning("protection: mlockall unavailable (%s)", e)
 
 
 def _set_io_realtime(priority: int) -> None:
@@ -162,6 +187,7 @@ def _child_main(args: _ChildArgs) -> None:
                 _set_realtime(stats, args.cpu, args.fifo_priority)
                 if stats.snapshot().sched_fifo == 1:
                     _set_io_realtime(args.fifo_priority)
+                    _lock_memory()
                 cycle = Cycle(
                     bank, source, args.period_ns, ring=ring, stats=stats, idle=idle, outputs=outputs,
                     recorder=recorder,

@@ -193,6 +193,8 @@ def _all_setting_names() -> set[str]:
         C.LinkConfig,
         C.DeviceConfig,
         C.PointConfig,
+        C.Dnp3Settings,
+        C.Iec61850Settings,
         ProtectionRuntime,
     ):
         for f in dataclasses.fields(cls):
@@ -208,6 +210,8 @@ def _all_setting_names() -> set[str]:
                 "protection_runtime",
                 "protection_problems",
                 "outputs",
+                "dnp3",
+                "iec61850",
             ):
                 continue
             names.add(f.name)
@@ -240,3 +244,98 @@ type = "simulated"
     assert element.name == "51P"
     msgs = problems(tmp_path, GOOD + section.replace("tms = 0.1", "tmss = 0.1"))
     assert any("protection.group1.elements[51P].tmss" in m and "did you mean 'tms'?" in m for m in msgs), msgs
+
+
+SESSION_LINKS = """
+[[links]]
+name = "rtu"
+protocol = "dnp3_tcp"
+host = "127.0.0.1"
+
+[[links.devices]]
+name = "rtu1"
+[links.devices.dnp3]
+outstation_address = 4
+unsolicited = true
+class1_period_s = 0
+
+[[links.devices.points]]
+name = "cb"
+kind = "double_bit_input"
+address = 3
+
+[[links.devices.points]]
+name = "trip"
+kind = "binary_output"
+address = 0
+writable = true
+
+[[links]]
+name = "ied"
+protocol = "iec61850"
+host = "127.0.0.1"
+
+[[links.devices]]
+name = "ied1"
+[links.devices.iec61850]
+reports = ["IED1LD0/LLN0.BR.brcbMeas01", "IED1LD0/LLN0$RP$urcbSt01"]
+
+[[links.devices.points]]
+name = "Ia"
+kind = "attribute"
+ref = "IED1LD0/MMXU1.A.phsA"
+da = "cVal.mag.f"
+fc = "MX"
+"""
+
+
+def test_dnp3_and_iec61850_links_load_with_protocol_defaults(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, GOOD + SESSION_LINKS))
+    rtu, ied = cfg.links[1], cfg.links[2]
+    assert (rtu.protocol, rtu.port, ied.protocol, ied.port) == ("dnp3_tcp", 20000, "iec61850", 102)
+    d = rtu.devices[0].dnp3
+    assert (d.outstation_address, d.master_address, d.unsolicited, d.class1_period_s) == (4, 1, True, 0.0)
+    assert rtu.devices[0].points[0].kind == "double_bit_input" and rtu.devices[0].points[0].address == 3
+    i = ied.devices[0]
+    assert i.iec61850.reports == ("IED1LD0/LLN0.BR.brcbMeas01", "IED1LD0/LLN0$RP$urcbSt01")
+    assert (i.points[0].ref, i.points[0].da, i.points[0].fc) == ("IED1LD0/MMXU1.A.phsA", "cVal.mag.f", "MX")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('kind = "double_bit_input"', 'kind = "holding"',
+         "links[rtu].devices[rtu1].points[cb].kind (device rtu1): 'holding' is not a dnp3_tcp point kind"),
+        ('address = 3', 'address = 3\ntype = "float32"', "points[cb].type (device rtu1): not used by protocol dnp3"),
+        ('outstation_address = 4', 'outstation_address = 1', "dnp3.master_address (device rtu1): must differ"),
+        ('outstation_address = 4', 'outstation_address = 70000', "dnp3.outstation_address (device rtu1): must be "
+         "0..65519"),
+        ('name = "rtu1"', 'name = "rtu1"\nunit_id = 3', "devices[rtu1].unit_id (device rtu1): a Modbus setting"),
+        ('unsolicited = true', 'unsolicitd = true', "dnp3.unsolicitd (device rtu1): unknown key; did you mean "
+         "'unsolicited'?"),
+        ('fc = "MX"', 'fc = "MZ"', "points[Ia].fc (device ied1): unknown functional constraint 'MZ'"),
+        ('da = "cVal.mag.f"\n', "", "points[Ia].da (device ied1): missing required key for protocol iec61850"),
+        ('ref = "IED1LD0/MMXU1.A.phsA"', 'ref = "MMXU1.A.phsA"', "points[Ia].ref (device ied1): 'MMXU1.A.phsA' is "
+         "not a data object reference"),
+        ('"IED1LD0/LLN0.BR.brcbMeas01"', '"IED1LD0/LLN0.XX.brcbMeas01"', "iec61850.reports[0] (device ied1):"),
+        ('kind = "attribute"', 'kind = "attribute"\naddress = 4', "points[Ia].address (device ied1): not used by "
+         "protocol iec61850"),
+        ('name = "trip"\nkind = "binary_output"', 'name = "trip"\nkind = "counter"', "points[trip].writable (device "
+         "rtu1): only binary_output and analog_output can be controlled"),
+    ],
+)
+def test_session_protocol_mistakes_are_named(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    text = GOOD + SESSION_LINKS
+    assert old in text
+    found = problems(tmp_path, text.replace(old, new, 1))
+    assert any(expected in p for p in found), found
+
+
+def test_a_session_link_reaches_one_device_and_sections_belong_to_their_protocol(tmp_path: Path) -> None:
+    second = '[[links.devices]]\nname = "rtu2"\n[[links.devices.points]]\nname = "x"\nkind = "counter"\naddress = 0\n'
+    two = SESSION_LINKS.replace('[[links]]\nname = "ied"', second + '\n[[links]]\nname = "ied"')
+    found = problems(tmp_path, GOOD + two)
+    assert any("links[rtu].devices: a dnp3_tcp link reaches one device (2 given)" in p for p in found), found
+    wrong = GOOD.replace('unit_id = 1', 'unit_id = 1\n[links.devices.dnp3]\nunsolicited = true')
+    found = problems(tmp_path, wrong)
+    assert any("devices[feeder1].dnp3 (device feeder1): only for protocol dnp3_tcp" in p for p in found), found

@@ -1,0 +1,367 @@
+"""Session runner: the policy around one DNP3 or IEC 61850 association (one link, one device).
+
+The counterpart of :class:`gateway.runner.LinkRunner` for protocols whose devices also talk on their own. The
+driver (:class:`protocols.session.SessionDriver`) does I/O; this module owns:
+
+- **Reconnect** with exponential back-off and jitter (``reconnect_min_s`` … ``reconnect_max_s``): connect, then
+  ``start_session()`` (integrity poll / general interrogation, enable unsolicited responses or report control
+  blocks). A failure of either closes the driver and waits before the next attempt.
+- **Schedule** of the driver's :class:`~protocols.session.Job` s on absolute deadlines (``session start + k ×
+  period``); a job started one or more whole periods late skips the missed slots (counted in ``missed_slots``),
+  never bursts. Lateness of every job start goes into a bounded window (``lateness_p99_ms``).
+- **Spontaneous traffic**: between jobs the runner gives the driver the time until the next deadline, in slices
+  of at most ``IDLE_SLICE_S``, through ``driver.idle()`` (unsolicited responses, reports). A control waits at
+  most one slice for the link.
+- **Quality on loss**: when the session is lost, every point of the link that is not already marked gets
+  QUESTIONABLE|OLD_DATA|FAILURE|GATEWAY_TIME once, with its last value (NaN if it never had one). The next
+  integrity poll / general interrogation after the reconnect brings fresh values. There is no staleness timer:
+  report-by-exception values stay valid until the device says otherwise or the session is lost.
+- **Back-pressure**: ``emit`` returning False keeps the readings and offers them again every ``EMIT_RETRY_S``;
+  meanwhile the runner does not ask the driver for more (no job, no idle), so nothing is dropped and the device's
+  own buffers (DNP3 event buffer, buffered reports) hold the rest.
+- **Controls**: :meth:`select`, :meth:`operate`, :meth:`cancel` run between jobs, one at a time with them.
+
+Threading: every method runs on the runner's event loop (the driver's contract, see :mod:`protocols.session`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from gateway.config import LinkConfig
+from gateway.model import Q, ReadingBatch
+from protocols.session import (
+    ControlRequest,
+    ControlResult,
+    ControlStatus,
+    Deliver,
+    DriverError,
+    SessionDriver,
+    SessionLost,
+)
+
+__all__ = ["IDLE_SLICE_S", "DriverFactory", "SessionRunner"]
+
+log = logging.getLogger(__name__)
+
+IDLE_SLICE_S: Final = 0.05  # longest idle() call: bounds how long a control waits for the link
+EMIT_RETRY_S: Final = 0.02  # delay between attempts to hand readings to a full store queue
+LATENESS_WINDOW: Final = 1024  # job starts kept for lateness_p99_ms
+STOP_FLUSH_S: Final = 2.0  # on stop, how long to keep offering the final marks
+Q_LOST: Final = int(Q.QUESTIONABLE | Q.OLD_DATA | Q.FAILURE | Q.GATEWAY_TIME)
+
+# Builds the driver for a link: (link, point ids, deliver) -> driver.
+DriverFactory = Callable[[LinkConfig, Mapping[str, int], Deliver], SessionDriver]
+
+
+@dataclass(eq=False)
+class _JobState:
+    name: str
+    period_ns: int
+    deadline: int = 0
+
+
+@dataclass(eq=False)
+class _Counters:
+    state: str = "starting"  # "starting", "ok", "disconnected"
+    last_good_ns: int = 0  # wall ns of the last successful job, start or delivery
+    last_latency_ms: float = math.nan  # duration of the last job
+    polls: int = 0  # jobs completed
+    errors: int = 0  # jobs that failed with a DriverError (session kept)
+    timeouts: int = 0  # sessions lost during a job, a start or idle
+    missed_slots: int = 0
+    lateness: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
+
+
+class SessionRunner:
+    """Keeps one session up and its jobs on schedule; hands the driver's readings to ``emit``.
+
+    :param link: the link (exactly one device).
+    :param point_ids: ``"device.point"`` → store id for every point of the link (``ValueError`` if missing).
+    :param emit: non-blocking sink; False when it cannot take the batch now (kept and retried, never dropped).
+    :param driver_factory: builds the :class:`SessionDriver` (the registry in :mod:`gateway.drivers`).
+    :param mono_ns: monotonic clock (ns) for deadlines; ``wall_ns``: UTC epoch ns for gateway timestamps.
+    :param rng: randomness for reconnect jitter.
+    """
+
+    def __init__(
+        self,
+        link: LinkConfig,
+        point_ids: Mapping[str, int],
+        emit: Callable[[ReadingBatch], bool],
+        *,
+        driver_factory: DriverFactory,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+        wall_ns: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
+    ) -> None:
+        if len(link.devices) != 1:
+            raise ValueError(f"link {link.name}: a {link.protocol} link has exactly one device")
+        self.link = link
+        self.device = link.devices[0]
+        names = [f"{self.device.name}.{p.name}" for p in self.device.points]
+        missing = [n for n in names if n not in point_ids]
+        if missing:
+            raise ValueError(f"link {link.name}: no point id for {', '.join(missing[:10])}")
+        self._emit_fn = emit
+        self._mono = mono_ns
+        self._wall = wall_ns
+        self._rng = rng or random.Random()
+        self._ids = np.sort(np.array([point_ids[n] for n in names], dtype=np.int32))
+        n = len(self._ids)
+        self._last_val = np.full(n, np.nan)
+        self._last_q = np.zeros(n, dtype=np.uint16)
+        self._seen = np.zeros(n, dtype=np.bool_)  # a reading (or a loss mark) was emitted for this point
+        self._pending: deque[ReadingBatch] = deque()
+        self._lock = asyncio.Lock()  # one driver call at a time: jobs, idle, controls
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._up = False  # session started (connect + start_session succeeded)
+        self._ever_up = False
+        self.reconnects = 0
+        self.foreign_readings = 0  # readings the driver delivered for ids not on this link (dropped; a bug)
+        self._c = _Counters()
+        self.driver = driver_factory(link, point_ids, self._deliver)
+        self._jobs = [_JobState(j.name, max(1, round(j.period_s * 1e9))) for j in self.driver.jobs()]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the session until :meth:`stop`; then mark every point OLD_DATA once, flush, close."""
+        try:
+            while not self._stopping:
+                if not self._flush():
+                    await self._sleep(EMIT_RETRY_S)
+                    continue
+                if not self._up:
+                    await self._start()
+                    continue
+                await self._step()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (call on the runner's loop). Idempotent."""
+        self._stopping = True
+        self._wake.set()
+
+    async def select(self, request: ControlRequest) -> ControlResult:
+        return await self._control("select", request)
+
+    async def operate(self, request: ControlRequest) -> ControlResult:
+        return await self._control("operate", request)
+
+    async def cancel(self, request: ControlRequest) -> ControlResult:
+        return await self._control("cancel", request)
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def status(self) -> list[dict[str, Any]]:
+        """One dict for the device, with the same fields as :meth:`LinkRunner.status` plus ``protocol``."""
+        c = self._c
+        lat = np.fromiter(c.lateness, dtype=np.int64, count=len(c.lateness))
+        return [
+            {
+                "device": self.device.name,
+                "link": self.link.name,
+                "state": c.state,
+                "last_good_ns": c.last_good_ns,
+                "last_latency_ms": c.last_latency_ms,
+                "polls": c.polls,
+                "errors": c.errors,
+                "timeouts": c.timeouts,
+                "reconnects": self.reconnects,
+                "missed_slots": c.missed_slots,
+                "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
+                "protocol": {"name": self.link.protocol, **self.driver.status()},
+            }
+        ]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Internals (all on the runner's task)
+    # ------------------------------------------------------------------------------------------------------
+
+    def _deliver(self, batch: ReadingBatch) -> None:
+        """The driver's sink: keep the batch in order and remember each point's last value and quality."""
+        if not len(batch):
+            return
+        pos = np.searchsorted(self._ids, batch.point_id)
+        ok = (pos < len(self._ids)) & (self._ids[np.minimum(pos, len(self._ids) - 1)] == batch.point_id)
+        if not ok.all():  # a driver bug: keep the link's own readings, say what was refused
+            self.foreign_readings += int((~ok).sum())
+            log.error("link %s: driver delivered %d readings of other links' points", self.link.name, (~ok).sum())
+            batch = ReadingBatch(batch.ts[ok], batch.point_id[ok], batch.value[ok], batch.quality[ok])
+            pos = pos[ok]
+            if not len(batch):
+                return
+        # Fancy assignment with repeated positions keeps the last one: the latest reading of each point wins.
+        self._last_val[pos] = batch.value
+        self._last_q[pos] = batch.quality
+        self._seen[pos] = True
+        self._c.last_good_ns = self._wall()
+        self._pending.append(batch)
+
+    def _flush(self) -> bool:
+        """Offer pending batches in order; True when nothing is left pending."""
+        if len(self._pending) > 1:
+            merged = ReadingBatch.concat(list(self._pending))
+            self._pending.clear()
+            self._pending.append(merged)
+        while self._pending:
+            if not self._emit_fn(self._pending[0]):
+                return False
+            self._pending.popleft()
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping or seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _mark_lost(self) -> None:
+        """Every point not already marked lost gets Q_LOST once, with its last value."""
+        mask = self._last_q != np.uint16(Q_LOST)
+        if not mask.any():
+            return
+        idx = np.flatnonzero(mask)
+        self._last_q[idx] = Q_LOST
+        self._seen[idx] = True
+        n = len(idx)
+        self._pending.append(
+            ReadingBatch(
+                np.full(n, self._wall(), dtype=np.int64), self._ids[idx], self._last_val[idx].copy(),
+                np.full(n, Q_LOST, dtype=np.uint16),
+            )
+        )
+
+    def _lost(self, why: BaseException | str) -> None:
+        if self._up or self._c.state != "disconnected":
+            log.info("link %s: session lost: %s", self.link.name, why)
+        self.driver.close()
+        self._up = False
+        self._c.state = "disconnected"
+        self._mark_lost()
+
+    async def _start(self) -> None:
+        """Connect and start the session, retrying with exponential back-off and jitter."""
+        attempt = 0
+        delay = 0.0
+        while not self._stopping:
+            if delay > 0:
+                self._flush()
+                await self._sleep(delay)
+                if self._stopping:
+                    return
+            try:
+                async with self._lock:
+                    await self.driver.connect()
+                    await self.driver.start_session()
+            except DriverError as exc:  # SessionLost or a start that the device refused
+                attempt += 1
+                self._c.timeouts += isinstance(exc, SessionLost)
+                self._c.errors += not isinstance(exc, SessionLost)
+                self._lost(exc)
+                base = min(self.link.reconnect_max_s, self.link.reconnect_min_s * 2 ** (attempt - 1))
+                delay = base * self._rng.uniform(0.5, 1.0)
+                log.info("link %s: %s; retry in %.2f s", self.link.name, exc, delay)
+                continue
+            if self._ever_up:
+                self.reconnects += 1
+            self._ever_up = True
+            self._up = True
+            self._c.state = "ok"
+            now = self._mono()
+            for j in self._jobs:
+                j.deadline = now + j.period_ns
+            return
+
+    async def _step(self) -> None:
+        """Run the most urgent due job, or give the driver the time until it is due."""
+        now = self._mono()
+        job = min(self._jobs, key=lambda j: j.deadline, default=None)
+        async with self._lock:
+            if self._stopping or not self._up:
+                return
+            try:
+                if job is not None and job.deadline <= now:
+                    await self._run_job(job, now)
+                else:
+                    wait = IDLE_SLICE_S if job is None else min(IDLE_SLICE_S, (job.deadline - now) / 1e9)
+                    await self.driver.idle(wait)
+                    if not self.driver.connected:
+                        raise SessionLost("connection closed")
+            except SessionLost as exc:
+                self._c.timeouts += 1
+                self._lost(exc)
+
+    async def _run_job(self, job: _JobState, now: int) -> None:
+        c = self._c
+        late = now - job.deadline
+        if late >= job.period_ns:
+            k = late // job.period_ns
+            job.deadline += k * job.period_ns
+            c.missed_slots += k
+            late -= k * job.period_ns
+        c.lateness.append(late)
+        job.deadline += job.period_ns
+        t0 = self._mono()
+        try:
+            await self.driver.run_job(job.name)
+        except SessionLost:
+            raise
+        except DriverError as exc:
+            c.errors += 1
+            log.info("link %s: job %s failed: %s", self.link.name, job.name, exc)
+            return
+        c.last_latency_ms = (self._mono() - t0) / 1e6
+        c.polls += 1
+        c.last_good_ns = self._wall()
+
+    async def _control(self, what: str, request: ControlRequest) -> ControlResult:
+        async with self._lock:
+            if not self._up:
+                return ControlResult(ControlStatus.LINK_DOWN, f"link {self.link.name} is not connected")
+            fn = getattr(self.driver, what)
+            result: ControlResult = await fn(request)
+            if not self.driver.connected:
+                self._c.timeouts += 1
+                self._lost("connection lost during a control")
+            return result
+
+    async def _shutdown(self) -> None:
+        ts = self._wall()
+        mask = self._seen & ((self._last_q & np.uint16(int(Q.OLD_DATA))) == 0)
+        if mask.any():
+            idx = np.flatnonzero(mask)
+            q = self._last_q[idx] | np.uint16(int(Q.OLD_DATA | Q.GATEWAY_TIME))
+            good = (q & np.uint16(0x0003)) == 0
+            q[good] |= np.uint16(int(Q.QUESTIONABLE))
+            self._pending.append(
+                ReadingBatch(np.full(len(idx), ts, dtype=np.int64), self._ids[idx], self._last_val[idx].copy(), q)
+            )
+        deadline = time.monotonic() + STOP_FLUSH_S
+        while not self._flush() and time.monotonic() < deadline:
+            await asyncio.sleep(EMIT_RETRY_S)
+        if self._pending:
+            log.warning(
+                "link %s: store did not take the final %d readings",
+                self.link.name,
+                sum(len(b) for b in self._pending),
+            )
+        self.driver.close()
