@@ -50,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.config import DeviceConfig, LinkConfig, PointConfig
+from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, backoff_delay, old_data_quality
 from gateway.model import Q, ReadingBatch
 from protocols.modbus import (
     Q_NO_RESPONSE,
@@ -67,10 +68,8 @@ __all__ = ["EMIT_RETRY_S", "LATENESS_WINDOW", "LinkRunner"]
 
 log = logging.getLogger(__name__)
 
-EMIT_RETRY_S: Final = 0.02  # delay between attempts to hand a batch to a full store queue
 LATENESS_WINDOW: Final = 1024  # polls per device kept for lateness_p99_ms
 STALE_CHECK_NS: Final = 100_000_000  # at most this often, check every group for staleness
-STOP_FLUSH_S: Final = 2.0  # on stop, how long to keep offering the final old-data batch
 PHASE_SPREAD_S: Final = 1.0  # slot grids are offset by up to min(period, this) so links do not poll in bursts
 _GT: Final = int(Q.GATEWAY_TIME)
 # Modbus exception code of a refused write → control outcome.
@@ -83,14 +82,6 @@ _WRITE_EXCEPTION_STATUS: Final = {
 }
 _OLD: Final = int(Q.OLD_DATA)
 _VALIDITY: Final = 0x0003
-
-
-def _stale_quality(q: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """``q`` with OLD_DATA set; a good validity becomes questionable (invalid stays invalid)."""
-    out = q | np.uint16(_OLD)
-    good = (out & np.uint16(_VALIDITY)) == 0
-    out[good] |= np.uint16(int(Q.QUESTIONABLE))
-    return out
 
 
 @dataclass(eq=False)
@@ -174,7 +165,7 @@ class _Group:
         if not mask.any():
             return None
         idx = np.flatnonzero(mask)
-        return self._emit_at(idx, _stale_quality(self.last_q[idx]), ts)
+        return self._emit_at(idx, old_data_quality(self.last_q[idx]), ts)
 
     def old_all(self, ts: int) -> ReadingBatch | None:
         """Mark every emitted point OLD_DATA (used on stop)."""
@@ -182,7 +173,7 @@ class _Group:
         if not mask.any():
             return None
         idx = np.flatnonzero(mask)
-        return self._emit_at(idx, _stale_quality(self.last_q[idx]), ts)
+        return self._emit_at(idx, old_data_quality(self.last_q[idx]), ts)
 
     def _emit_at(self, idx: npt.NDArray[np.intp], q: npt.NDArray[np.uint16], ts: int) -> ReadingBatch:
         vals = self.cur_val[idx]
@@ -237,7 +228,6 @@ class LinkRunner:
         rng: random.Random | None = None,
     ) -> None:
         self.link = link
-        self._emit_fn = emit
         self._mono = mono_ns
         self._wall = wall_ns
         self._client = client_factory(link)
@@ -245,7 +235,7 @@ class LinkRunner:
         self._lock = asyncio.Lock()  # serialises polls and writes on the link (created lazily on the loop)
         self._wake = asyncio.Event()
         self._stopping = False
-        self._pending: deque[ReadingBatch] = deque()
+        self._out = EmitBuffer(emit, f"link {link.name}")
         self._link_up = False
         self._ever_connected = False
         self.reconnects = 0
@@ -422,20 +412,10 @@ class LinkRunner:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     def _emit(self, batch: ReadingBatch | None) -> None:
-        if batch is not None and len(batch):
-            self._pending.append(batch)
+        self._out.add(batch)
 
     def _flush(self) -> bool:
-        """Offer pending batches in order; True when nothing is left pending."""
-        if len(self._pending) > 1:
-            merged = ReadingBatch.concat(list(self._pending))
-            self._pending.clear()
-            self._pending.append(merged)
-        while self._pending:
-            if not self._emit_fn(self._pending[0]):
-                return False
-            self._pending.popleft()
-        return True
+        return self._out.flush()
 
     def _next_due(self) -> tuple[_Device, _Group | None, int] | None:
         """The most urgent work item: (device, group to poll | None = probe, due monotonic ns)."""
@@ -571,8 +551,7 @@ class LinkRunner:
                 attempt += 1
                 if attempt == 1:
                     self._link_lost()
-                base = min(self.link.reconnect_max_s, self.link.reconnect_min_s * 2 ** (attempt - 1))
-                delay = base * self._rng.uniform(0.5, 1.0)
+                delay = backoff_delay(attempt, self.link.reconnect_min_s, self.link.reconnect_max_s, self._rng)
                 log.info("link %s: %s; retry in %.2f s", self.link.name, exc, delay)
                 continue
             if self._ever_connected:
@@ -593,13 +572,5 @@ class LinkRunner:
         for dev in self._devices.values():
             for g in dev.groups:
                 self._emit(g.old_all(ts))
-        deadline = time.monotonic() + STOP_FLUSH_S
-        while not self._flush() and time.monotonic() < deadline:
-            await asyncio.sleep(EMIT_RETRY_S)
-        if self._pending:
-            log.warning(
-                "link %s: store did not take the final %d readings",
-                self.link.name,
-                sum(len(b) for b in self._pending),
-            )
+        await self._out.drain()
         self._client.close()

@@ -40,6 +40,7 @@ from typing import Any, Final
 import numpy as np
 
 from gateway.config import LinkConfig
+from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, backoff_delay, old_data_quality
 from gateway.model import Q, ReadingBatch
 from protocols.session import (
     ControlRequest,
@@ -56,9 +57,7 @@ __all__ = ["IDLE_SLICE_S", "DriverFactory", "SessionRunner"]
 log = logging.getLogger(__name__)
 
 IDLE_SLICE_S: Final = 0.05  # longest idle() call: bounds how long a control waits for the link
-EMIT_RETRY_S: Final = 0.02  # delay between attempts to hand readings to a full store queue
 LATENESS_WINDOW: Final = 1024  # job starts kept for lateness_p99_ms
-STOP_FLUSH_S: Final = 2.0  # on stop, how long to keep offering the final marks
 Q_LOST: Final = int(Q.QUESTIONABLE | Q.OLD_DATA | Q.FAILURE | Q.GATEWAY_TIME)
 
 # Builds the driver for a link: (link, point ids, deliver) -> driver.
@@ -114,7 +113,6 @@ class SessionRunner:
         missing = [n for n in names if n not in point_ids]
         if missing:
             raise ValueError(f"link {link.name}: no point id for {', '.join(missing[:10])}")
-        self._emit_fn = emit
         self._mono = mono_ns
         self._wall = wall_ns
         self._rng = rng or random.Random()
@@ -123,7 +121,7 @@ class SessionRunner:
         self._last_val = np.full(n, np.nan)
         self._last_q = np.zeros(n, dtype=np.uint16)
         self._seen = np.zeros(n, dtype=np.bool_)  # a reading (or a loss mark) was emitted for this point
-        self._pending: deque[ReadingBatch] = deque()
+        self._out = EmitBuffer(emit, f"link {link.name}")
         self._lock = asyncio.Lock()  # one driver call at a time: jobs, idle, controls
         self._wake = asyncio.Event()
         self._stopping = False
@@ -214,19 +212,10 @@ class SessionRunner:
         self._last_q[pos] = batch.quality
         self._seen[pos] = True
         self._c.last_good_ns = self._wall()
-        self._pending.append(batch)
+        self._out.add(batch)
 
     def _flush(self) -> bool:
-        """Offer pending batches in order; True when nothing is left pending."""
-        if len(self._pending) > 1:
-            merged = ReadingBatch.concat(list(self._pending))
-            self._pending.clear()
-            self._pending.append(merged)
-        while self._pending:
-            if not self._emit_fn(self._pending[0]):
-                return False
-            self._pending.popleft()
-        return True
+        return self._out.flush()
 
     async def _sleep(self, seconds: float) -> None:
         if self._stopping or seconds <= 0:
@@ -243,7 +232,7 @@ class SessionRunner:
         self._last_q[idx] = Q_LOST
         self._seen[idx] = True
         n = len(idx)
-        self._pending.append(
+        self._out.add(
             ReadingBatch(
                 np.full(n, self._wall(), dtype=np.int64), self._ids[idx], self._last_val[idx].copy(),
                 np.full(n, Q_LOST, dtype=np.uint16),
@@ -277,8 +266,7 @@ class SessionRunner:
                 self._c.timeouts += isinstance(exc, SessionLost)
                 self._c.errors += not isinstance(exc, SessionLost)
                 self._lost(exc)
-                base = min(self.link.reconnect_max_s, self.link.reconnect_min_s * 2 ** (attempt - 1))
-                delay = base * self._rng.uniform(0.5, 1.0)
+                delay = backoff_delay(attempt, self.link.reconnect_min_s, self.link.reconnect_max_s, self._rng)
                 log.info("link %s: %s; retry in %.2f s", self.link.name, exc, delay)
                 continue
             if self._ever_up:
@@ -345,23 +333,11 @@ class SessionRunner:
             return result
 
     async def _shutdown(self) -> None:
-        ts = self._wall()
         mask = self._seen & ((self._last_q & np.uint16(int(Q.OLD_DATA))) == 0)
         if mask.any():
             idx = np.flatnonzero(mask)
-            q = self._last_q[idx] | np.uint16(int(Q.OLD_DATA | Q.GATEWAY_TIME))
-            good = (q & np.uint16(0x0003)) == 0
-            q[good] |= np.uint16(int(Q.QUESTIONABLE))
-            self._pending.append(
-                ReadingBatch(np.full(len(idx), ts, dtype=np.int64), self._ids[idx], self._last_val[idx].copy(), q)
-            )
-        deadline = time.monotonic() + STOP_FLUSH_S
-        while not self._flush() and time.monotonic() < deadline:
-            await asyncio.sleep(EMIT_RETRY_S)
-        if self._pending:
-            log.warning(
-                "link %s: store did not take the final %d readings",
-                self.link.name,
-                sum(len(b) for b in self._pending),
-            )
+            q = old_data_quality(self._last_q[idx]) | np.uint16(int(Q.GATEWAY_TIME))
+            ts = np.full(len(idx), self._wall(), dtype=np.int64)
+            self._out.add(ReadingBatch(ts, self._ids[idx], self._last_val[idx].copy(), q))
+        await self._out.drain()
         self.driver.close()
