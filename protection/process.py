@@ -16,8 +16,9 @@ event loop) and returns a :class:`ProtectionHandle`. In the child (:func:`_child
    reported in the statistics block (``sched_fifo``/``sched_errno``, ``cpu``/``affinity_errno``); never fatal.
    When SCHED_FIFO was granted, every other thread (the source's and the outputs' I/O threads, the main thread)
    gets it too, one priority lower: a poll waiting behind other work delays detection, and a normal-priority
-   thread preempted while it holds the GIL would stall the cycle (priority inversion); and the process locks its
-   pages in RAM (``mlockall``) so no page fault stalls the cycle;
+   thread preempted while it holds the GIL would stall the cycle (priority inversion). They are pinned to the
+   cycle's CPU (the GIL runs them one at a time anyway, and a GIL holder on another CPU could be held up there by
+   work we do not control), and the process locks its pages in RAM (``mlockall``) so no page fault stalls it;
 4. the main thread waits for the stop word (and exits when the parent dies); then it stops and joins the cycle
    thread, closes the outputs and the source (joining their threads), marks the state ``stopped`` and exits.
 
@@ -125,7 +126,7 @@ def _lock_memory() -> None:
         log.warning("protection: mlockall unavailable (%s)", e)
 
 
-def _set_io_realtime(priority: int) -> None:
+def _set_io_realtime(priority: int, cpu: int) -> None:
     """Give every other thread of the process SCHED_FIFO just below the cycle (I/O threads, the main thread).
 
     The I/O threads (source poller, trip outputs) are part of the real-time path: a poll that waits behind the
@@ -134,6 +135,11 @@ def _set_io_realtime(priority: int) -> None:
     it*, and the cycle then waits until that thread is scheduled again (tens of ms on a loaded CPU) — a
     priority inversion no switch interval can bound. Applied by thread id (Linux scheduling is per thread);
     refusal is logged, never fatal. Called from the cycle thread once its own settings are in force.
+
+    When the cycle is pinned (``cpu`` ≥ 0) the other threads are pinned to the same CPU. The GIL runs the threads
+    of this process one at a time anyway, so nothing is lost; and a thread holding the GIL can then never be
+    stuck on another CPU behind work we do not control (another process in a non-preemptible kernel section, a
+    descheduled virtual CPU) while the cycle waits for it: on the cycle's CPU it is simply preempted by the cycle.
     """
     if priority <= 1:
         return
@@ -143,8 +149,10 @@ def _set_io_realtime(priority: int) -> None:
             continue
         try:
             os.sched_setscheduler(t.native_id, os.SCHED_FIFO, os.sched_param(priority - 1))
+            if cpu >= 0:
+                os.sched_setaffinity(t.native_id, {cpu})
         except (OSError, AttributeError) as e:
-            log.warning("protection: SCHED_FIFO for thread %s refused (%s)", t.name, e)
+            log.warning("protection: SCHED_FIFO/CPU for thread %s refused (%s)", t.name, e)
 
 
 def _child_main(args: _ChildArgs) -> None:
@@ -185,8 +193,9 @@ def _child_main(args: _ChildArgs) -> None:
         def cycle_thread() -> None:
             try:
                 _set_realtime(stats, args.cpu, args.fifo_priority)
-                if stats.snapshot().sched_fifo == 1:
-                    _set_io_realtime(args.fifo_priority)
+                snap = stats.snapshot()
+                if snap.sched_fifo == 1:
+                    _set_io_realtime(args.fifo_priority, snap.cpu)
                     _lock_memory()
                 cycle = Cycle(
                     bank, source, args.period_ns, ring=ring, stats=stats, idle=idle, outputs=outputs,
