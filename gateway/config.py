@@ -86,6 +86,7 @@ class Dnp3Settings:
     class3_period_s: float = 5.0  # class 3 event poll period (0 = not polled)
     unsolicited: bool = False  # enable unsolicited responses for classes 1-3 after the integrity poll
     time_sync_period_s: float = 0.0  # write the time this often (0 = only when the outstation sets need-time)
+    timed_events: bool = False  # also ask for events in their time-stamped variations (outstations without them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,7 @@ def run_demo(
         "receiver": receiver_port,
         "simulated IEDs": modbus_port,
         "simulated incomer": modbus_port + 1,
+        "simulated DNP3 RTU": modbus_port + 2,
     }
     taken = [f"{what} port {p}" for what, p in ports.items() if not _port_free(p)]
     if taken:
@@ -126,6 +127,8 @@ def run_demo(
                 str(modbus_port),
                 "--incomer-port",
                 str(modbus_port + 1),
+                "--dnp3-port",
+                str(modbus_port + 2),
             ],
             env=env,
         )
@@ -150,6 +153,7 @@ def run_demo(
         children.append(receiver)
         _wait_listening(modbus_port, ieds, "simulated IEDs")
         _wait_listening(modbus_port + 1, ieds, "simulated incomer")
+        _wait_listening(modbus_port + 2, ieds, "simulated DNP3 RTU")
         _wait_listening(receiver_port, receiver, "receiver")
         print(
             "\n"
@@ -158,6 +162,7 @@ def run_demo(
             f"      landed rows     : curl -H 'Authorization: Bearer {RECEIVER_TOKEN}' "
             f"http://127.0.0.1:{receiver_port}/v1/gateways/{cfg.id}/stats\n"
             f"  Simulated IEDs      : modbus tcp 127.0.0.1:{modbus_port} (units 1-3), 127.0.0.1:{modbus_port + 1}\n"
+            f"                        dnp3 tcp 127.0.0.1:{modbus_port + 2} (outstation 10)\n"
             f"  Data                : {data_dir}\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,

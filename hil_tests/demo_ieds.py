@@ -1,7 +1,9 @@
 """The demo's simulated IEDs: feeder relays (units 1-3 on one port) and an incomer meter (own port), driven by
-:class:`hil_tests.feeder.FeederModel` and served by the real pymodbus server stack (:mod:`hil_tests.modbus_sim`).
+:class:`hil_tests.feeder.FeederModel` and served by the real pymodbus server stack (:mod:`hil_tests.modbus_sim`),
+and feeder 4 behind a DNP3 RTU (:mod:`hil_tests.demo_rtu`).
 
-Run as ``python -m hil_tests.demo_ieds --port 15020 --incomer-port 15021``; stops quietly on SIGINT/SIGTERM.
+Run as ``python -m hil_tests.demo_ieds --port 15020 --incomer-port 15021 --dnp3-port 15022``; stops quietly on
+SIGINT/SIGTERM.
 Writing 1 to coil 0 (trip_cmd) opens a feeder's breaker (its currents fall to zero), coil 1 (close_cmd) closes it;
 both coils reset themselves. Holding register 0 (pickup_A) is kept as written.
 """
@@ -16,6 +18,7 @@ import time
 
 import numpy as np
 
+from hil_tests.demo_rtu import DemoRtu
 from hil_tests.feeder import INPUT_REGISTERS, FeederModel, encode_input_registers
 from hil_tests.modbus_sim import SimServer, SimUnit
 
@@ -56,21 +59,29 @@ def build_servers(
     return servers, [*feeders, incomer]
 
 
-async def serve(port: int, incomer_port: int, stop: asyncio.Event) -> None:
+async def serve(port: int, incomer_port: int, stop: asyncio.Event, dnp3_port: int = 0) -> None:
+    """Serve until ``stop``; ``dnp3_port`` 0: no DNP3 RTU."""
     servers, ieds = build_servers(port, incomer_port)
+    rtu = DemoRtu(dnp3_port) if dnp3_port else None
 
     def tick(_: float) -> None:
         now = time.time()
         for ied in ieds:
             ied.tick(now)
+        if rtu is not None:
+            rtu.tick(now)
 
     tick(0.0)
     for s in servers:
         await s.start()
+    if rtu is not None:
+        await rtu.start()
     servers[0].every(TICK_S, tick)
     try:
         await stop.wait()
     finally:
+        if rtu is not None:
+            await rtu.stop()
         for s in servers:
             await s.stop()
 
@@ -79,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hil_tests.demo_ieds", description=__doc__)
     ap.add_argument("--port", type=int, default=15020, help="TCP port of the three feeder relays (units 1-3)")
     ap.add_argument("--incomer-port", type=int, default=15021, help="TCP port of the incomer meter (unit 1)")
+    ap.add_argument("--dnp3-port", type=int, default=15022, help="TCP port of the DNP3 RTU (0: none)")
     args = ap.parse_args(argv)
 
     async def run() -> None:
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.port, args.incomer_port, stop)
+        await serve(args.port, args.incomer_port, stop, args.dnp3_port)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

@@ -170,7 +170,11 @@ class SessionDriver(Protocol):
         :class:`SessionLost` when the connection dropped."""
 
     async def select(self, request: ControlRequest) -> ControlResult:
-        """Select a point for a later :meth:`operate` (SBO). Never raises for a device's refusal."""
+        """Select a point for a later :meth:`operate` (SBO). Never raises for a device's refusal.
+
+        The runner may call jobs and ``idle`` between a select and its operate; a driver whose protocol forbids
+        other requests in between (DNP3: any request cancels the selection) defers its jobs until the operate
+        or the select timeout, and only listens in ``idle``."""
         ...
 
     async def operate(self, request: ControlRequest) -> ControlResult:
