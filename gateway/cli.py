@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("receiver", help="run the reference cloud ingestion receiver")
     receiver_options(rc)
 
+    i = sub.add_parser(
+        "import-scl",
+        help="write the [[links]] table of an IEC 61850 IED from its SCL file (.icd/.cid/.scd)",
+        description="Read an IED's SCL file and print (or write) a [[links]] table with its reports and points; "
+        "paste it into the gateway config and check it with `gateway check-config`.",
+    )
+    i.add_argument("file", type=Path, help="SCL file (.icd, .cid or .scd)")
+    i.add_argument("--ied", help="IED name (required when the file describes several)")
+    i.add_argument("--host", default="", help="IED address (default: the IP address in the SCL file)")
+    i.add_argument("--port", type=int, default=102, help="MMS TCP port (default 102)")
+    i.add_argument("-o", "--output", type=Path, help="write to this new file instead of printing")
+
     d = sub.add_parser("demo", help="simulated IEDs + receiver + gateway with the shipped demo config")
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), help="where the demo keeps its files")
     d.add_argument("--panel-port", type=int, default=8080, help="status page port (default 8080)")
@@ -77,6 +89,36 @@ def cmd_check_config(file: Path) -> int:
     return EXIT_OK
 
 
+def cmd_import_scl(file: Path, ied: str | None, host: str, port: int, output: Path | None) -> int:
+    from gateway.scl_import import SclImportError, import_scl
+
+    if not file.is_file():
+        print(f"error: {file}: file not found", file=sys.stderr)
+        return EXIT_FILE
+    if not 1 <= port <= 65535:
+        print(f"error: --port must be 1..65535, got {port}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        text = import_scl(file, ied, host, port)
+    except SclImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if output is None:
+        print(text, end="")
+        return EXIT_OK
+    try:
+        with output.open("x", encoding="utf-8") as f:  # never overwrite a config
+            f.write(text)
+    except FileExistsError:
+        print(f"error: {output} exists; give a new file name", file=sys.stderr)
+        return EXIT_FILE
+    except OSError as e:
+        print(f"error: cannot write {output}: {e.strerror}", file=sys.stderr)
+        return EXIT_FILE
+    print(f"wrote {output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -89,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return cmd_check_config(args.file)
+        if args.command == "import-scl":
+            return cmd_import_scl(args.file, args.ied, args.host, args.port, args.output)
         if args.command == "run":
             from gateway.app import run_from_file
 
