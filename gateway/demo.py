@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import signal
@@ -57,6 +58,11 @@ def demo_config(data_dir: Path, panel_port: int, receiver_port: int, modbus_port
         panel=dataclasses.replace(cfg.panel, port=panel_port),
         protection_runtime=protection_runtime,
     )
+
+
+def demo_ied61850_available() -> bool:
+    """Whether the IEC 61850 demo IED can run here (its server library has x86_64 wheels only)."""
+    return importlib.util.find_spec("pyiec61850") is not None
 
 
 def _port_free(port: int) -> bool:
@@ -106,6 +112,16 @@ def run_demo(
         "simulated incomer": modbus_port + 1,
         "simulated DNP3 RTU": modbus_port + 2,
     }
+    with_61850 = demo_ied61850_available()
+    if with_61850:
+        ports["simulated IEC 61850 IED"] = modbus_port + 3
+    else:
+        cfg = dataclasses.replace(cfg, links=tuple(lk for lk in cfg.links if lk.protocol != "iec61850"))
+        print(
+            "note: the IEC 61850 demo IED needs pyiec61850 (x86_64 wheels only; `pip install -e '.[demo]'`); "
+            "the demo runs without feeder 5",
+            file=sys.stderr,
+        )
     taken = [f"{what} port {p}" for what, p in ports.items() if not _port_free(p)]
     if taken:
         print(
@@ -129,6 +145,8 @@ def run_demo(
                 str(modbus_port + 1),
                 "--dnp3-port",
                 str(modbus_port + 2),
+                "--iec61850-port",
+                str(modbus_port + 3 if with_61850 else 0),
             ],
             env=env,
         )
@@ -154,6 +172,8 @@ def run_demo(
         _wait_listening(modbus_port, ieds, "simulated IEDs")
         _wait_listening(modbus_port + 1, ieds, "simulated incomer")
         _wait_listening(modbus_port + 2, ieds, "simulated DNP3 RTU")
+        if with_61850:
+            _wait_listening(modbus_port + 3, ieds, "simulated IEC 61850 IED")
         _wait_listening(receiver_port, receiver, "receiver")
         print(
             "\n"
@@ -163,7 +183,8 @@ def run_demo(
             f"http://127.0.0.1:{receiver_port}/v1/gateways/{cfg.id}/stats\n"
             f"  Simulated IEDs      : modbus tcp 127.0.0.1:{modbus_port} (units 1-3), 127.0.0.1:{modbus_port + 1}\n"
             f"                        dnp3 tcp 127.0.0.1:{modbus_port + 2} (outstation 10)\n"
-            f"  Data                : {data_dir}\n"
+            + (f"                        iec 61850 mms 127.0.0.1:{modbus_port + 3} (IED1)\n" if with_61850 else "")
+            + f"  Data                : {data_dir}\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,
         )

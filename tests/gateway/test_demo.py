@@ -49,7 +49,7 @@ def get_json(url: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    modbus, panel, receiver = free_ports(3, consecutive=3)  # Modbus feeders, incomer, DNP3 RTU
+    modbus, panel, receiver = free_ports(3, consecutive=4)  # Modbus feeders, incomer, DNP3 RTU, 61850 IED
     data = tmp_path / "demo-data"
     proc = subprocess.Popen(
         [
@@ -88,12 +88,16 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             )
 
         wait_until(up, 60, "the demo polling and syncing")
-        assert [d["device"] for d in status["devices"]] == ["feeder1", "feeder2", "feeder3", "incomer", "feeder4"]
-        assert status["devices"][-1]["protocol"]["name"] == "dnp3_tcp"
+        devices = ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5"]
+        assert [d["device"] for d in status["devices"]] == devices
+        assert [d["protocol"]["name"] for d in status["devices"][-2:]] == ["dnp3_tcp", "iec61850"]
         points = {p["point"]: p for p in status["points"]}
         assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000
         assert 49 < points["incomer.f"]["value"] < 51
         assert 49 < points["feeder4.f"]["value"] < 51 and points["feeder4.f"]["validity"] == "good"  # over DNP3
+        hz = points["feeder5.MMXU1_Hz"]  # over IEC 61850 (buffered report)
+        assert 49 < hz["value"] < 51 and hz["validity"] == "good"
+        assert points["feeder5.XCBR1_Pos"]["value"] == 2.0  # Dbpos on
         html = urllib.request.urlopen(f"http://127.0.0.1:{panel}/", timeout=2).read().decode()
         assert "feeder1.Ia" in html and "Cloud sync" in html and "Protection" in html
         prot = status["protection"]
