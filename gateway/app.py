@@ -70,6 +70,7 @@ class Gateway:
         self.store: Store | None = None
         self.runners: list[LinkRunner | SessionRunner] = []
         self.controls: ControlService | None = None
+        self._event_tasks: set[asyncio.Task[int]] = set()  # event writes in flight (strong refs)
         self.uploaders: list[Uploader] = []
         self.panel: AsgiServer | None = None
         self.protection: ProtectionService | None = None
@@ -150,6 +151,7 @@ class Gateway:
                     driver_factory=driver_factory(link.protocol),
                     mono_ns=self.mono_ns,
                     wall_ns=self.wall_ns,
+                    on_event=self._record_event,
                 )
             else:
                 runner = LinkRunner(
@@ -175,6 +177,15 @@ class Gateway:
             len(self.points),
             cfg.store_path,
         )
+
+    def _record_event(self, event: Event) -> None:
+        """Store one event from the loop without blocking it (device alarms of the session runners)."""
+        store = self.store
+        if store is None:
+            return
+        task = asyncio.create_task(asyncio.to_thread(store.add_events, [event]), name="event")
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
 
     def _emit(self, batch: ReadingBatch) -> bool:
         """Runner → store. Non-blocking; False means the store queue is full and the runner retries."""
@@ -208,6 +219,8 @@ class Gateway:
             u.stop()
         await _wait_tasks(self._tasks, 3.0)
         self._tasks.clear()
+        if self._event_tasks:  # device alarms on their way into the store
+            await asyncio.wait(set(self._event_tasks), timeout=3.0)
         if self.store is not None:
             store, self.store = self.store, None
             await asyncio.to_thread(store.close)

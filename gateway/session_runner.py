@@ -20,6 +20,11 @@ driver (:class:`protocols.session.SessionDriver`) does I/O; this module owns:
   meanwhile the runner does not ask the driver for more (no job, no idle), so nothing is dropped and the device's
   own buffers (DNP3 event buffer, buffered reports) hold the rest.
 - **Controls**: :meth:`select`, :meth:`operate`, :meth:`cancel` run between jobs, one at a time with them.
+- **Device alarms**: what a driver only counts (a DNP3 outstation that restarted or overflowed its event buffer,
+  a truncated response; an IED whose report buffer overflowed, a report that could not resume, a bad reference)
+  becomes an ``alarm`` event for the operator: the runner looks at the driver's counters (``ALARM_COUNTERS``)
+  after the session start and at most every ``ALARM_CHECK_S`` after that, and hands one event per counter
+  that grew to ``on_event``.
 
 Threading: every method runs on the runner's event loop (the driver's contract, see :mod:`protocols.session`).
 """
@@ -41,7 +46,7 @@ import numpy as np
 
 from gateway.config import LinkConfig
 from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, backoff_delay, old_data_quality
-from gateway.model import Q, ReadingBatch
+from gateway.model import Event, Q, ReadingBatch
 from protocols.session import (
     ControlRequest,
     ControlResult,
@@ -57,6 +62,18 @@ __all__ = ["IDLE_SLICE_S", "DriverFactory", "SessionRunner"]
 log = logging.getLogger(__name__)
 
 IDLE_SLICE_S: Final = 0.05  # longest idle() call: bounds how long a control waits for the link
+ALARM_CHECK_S: Final = 0.5  # how often the driver's counters are compared for device alarms
+# Driver counter (in its status()) → what it means to an operator, and the alarm's priority (1 = data lost).
+ALARM_COUNTERS: Final[dict[str, tuple[str, int]]] = {
+    "restarts": ("device restarted (DNP3 IIN device restart); an integrity poll follows", 2),
+    "overflows": ("device event buffer overflowed: events were lost in the device", 1),
+    "truncated": ("response cut at objects the master cannot decode: values after them were lost", 1),
+    "buffer_overflows": ("IED report buffer overflowed: reports were lost in the IED", 1),
+    "resume_failures": (
+        "buffered report could not resume from the last entry: events buffered meanwhile may be lost", 1
+    ),
+    "bad_references": ("data references the IED does not have (see the device's points, marked bad-reference)", 2),
+}
 LATENESS_WINDOW: Final = 1024  # job starts kept for lateness_p99_ms
 Q_LOST: Final = int(Q.QUESTIONABLE | Q.OLD_DATA | Q.FAILURE | Q.GATEWAY_TIME)
 
@@ -92,6 +109,7 @@ class SessionRunner:
     :param driver_factory: builds the :class:`SessionDriver` (the registry in :mod:`gateway.drivers`).
     :param mono_ns: monotonic clock (ns) for deadlines; ``wall_ns``: UTC epoch ns for gateway timestamps.
     :param rng: randomness for reconnect jitter.
+    :param on_event: takes device alarm events (non-blocking; e.g. schedules the store write).
     """
 
     def __init__(
@@ -104,6 +122,7 @@ class SessionRunner:
         mono_ns: Callable[[], int] = time.monotonic_ns,
         wall_ns: Callable[[], int] = time.time_ns,
         rng: random.Random | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         if len(link.devices) != 1:
             raise ValueError(f"link {link.name}: a {link.protocol} link has exactly one device")
@@ -130,6 +149,9 @@ class SessionRunner:
         self.reconnects = 0
         self.foreign_readings = 0  # readings the driver delivered for ids not on this link (dropped; a bug)
         self._c = _Counters()
+        self._on_event = on_event
+        self._alarm_seen: dict[str, int] = {}  # counter → value already alarmed
+        self._alarm_checked = 0  # monotonic ns of the last check
         self.driver = driver_factory(link, point_ids, self._deliver)
         self._jobs = [_JobState(j.name, max(1, round(j.period_s * 1e9))) for j in self.driver.jobs()]
 
@@ -277,6 +299,7 @@ class SessionRunner:
             now = self._mono()
             for j in self._jobs:
                 j.deadline = now + j.period_ns
+            self._check_alarms(now)
             return
 
     async def _step(self) -> None:
@@ -297,6 +320,27 @@ class SessionRunner:
             except SessionLost as exc:
                 self._c.timeouts += 1
                 self._lost(exc)
+        if now - self._alarm_checked >= ALARM_CHECK_S * 1e9:
+            self._check_alarms(now)
+
+    def _check_alarms(self, now: int) -> None:
+        """One alarm event per driver counter of ``ALARM_COUNTERS`` that grew since the last check."""
+        self._alarm_checked = now
+        st = self.driver.status()
+        for name, (meaning, priority) in ALARM_COUNTERS.items():
+            value = st.get(name)
+            if not isinstance(value, int):
+                continue
+            before = self._alarm_seen.get(name, 0)
+            self._alarm_seen[name] = value
+            if value <= before:
+                continue
+            message = f"{self.device.name}: {meaning} ({value - before} more, {value} in all)"
+            log.warning("link %s: %s", self.link.name, message)
+            if self._on_event is not None:
+                self._on_event(
+                    Event(ts=self._wall(), kind="alarm", message=message, priority=priority, device=self.device.name)
+                )
 
     async def _run_job(self, job: _JobState, now: int) -> None:
         c = self._c

@@ -70,7 +70,7 @@ def test_good_config_loads(tmp_path: Path) -> None:
 def test_demo_config_is_valid() -> None:
     cfg, warnings = load_config(DEMO)
     assert warnings == []
-    assert [d.name for _, d in cfg.devices()] == ["feeder1", "feeder2", "feeder3", "incomer", "feeder4"]
+    assert [d.name for _, d in cfg.devices()] == ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5"]
     assert len(cfg.devices()[0][1].points) == 17
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gateway.config import DeviceConfig, LinkConfig, PointConfig
-from gateway.model import Q, ReadingBatch
+from gateway.model import Event, Q, ReadingBatch
 from gateway.session_runner import Q_LOST, SessionRunner
 from protocols.session import (
     ControlRequest,
@@ -48,6 +48,7 @@ class ScriptedDriver:
         self.spontaneous: asyncio.Queue[float] = asyncio.Queue()
         self.controls: list[tuple[str, ControlRequest]] = []
         self.value = 1.0
+        self.overflows = 0  # a counter the runner turns into alarms
 
     @property
     def connected(self) -> bool:
@@ -99,7 +100,7 @@ class ScriptedDriver:
         return ControlResult(ControlStatus.SUCCESS)
 
     def status(self) -> dict[str, object]:
-        return {"starts": self.starts}
+        return {"starts": self.starts, "overflows": self.overflows}
 
     def close(self) -> None:
         self._connected = False
@@ -145,13 +146,16 @@ class Sink:
 class Running:
     def __init__(self, sink: Sink) -> None:
         self.drivers: list[ScriptedDriver] = []
+        self.events: list[Event] = []
 
         def factory(link: LinkConfig, ids: Mapping[str, int], deliver: Deliver) -> ScriptedDriver:
             d = ScriptedDriver(link, ids, deliver)
             self.drivers.append(d)
             return d
 
-        self.runner = SessionRunner(LINK, IDS, sink, driver_factory=factory, rng=random.Random(1))
+        self.runner = SessionRunner(
+            LINK, IDS, sink, driver_factory=factory, rng=random.Random(1), on_event=self.events.append
+        )
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -178,7 +182,8 @@ async def test_start_delivers_device_time_and_jobs_run_on_schedule() -> None:
         await wait_for(lambda: run.driver.jobs_run >= 3, what="three event polls")
         st = status(run.runner)
         assert st["state"] == "ok" and st["device"] == "rtu1" and st["link"] == "rtu"
-        assert st["polls"] >= 3 and st["reconnects"] == 0 and st["protocol"] == {"name": "dnp3_tcp", "starts": 1}
+        assert st["polls"] >= 3 and st["reconnects"] == 0
+        assert st["protocol"] == {"name": "dnp3_tcp", "starts": 1, "overflows": 0}
         assert not math.isnan(st["lateness_p99_ms"])
     rows = sink.rows(7)
     assert rows[0] == (DEVICE_TS, 1.0, 0)  # the device's own time and quality, untouched
@@ -275,3 +280,19 @@ def test_a_link_with_two_devices_or_unknown_points_is_refused() -> None:
         SessionRunner(two, IDS, Sink(), driver_factory=ScriptedDriver)
     with pytest.raises(ValueError, match=r"link rtu: no point id for rtu1\.b"):
         SessionRunner(LINK, {"rtu1.a": 1}, Sink(), driver_factory=ScriptedDriver)
+
+
+async def test_a_growing_device_counter_becomes_one_alarm_event() -> None:
+    sink = Sink()
+    run = Running(sink)
+    run.driver.overflows = 2  # already counted at the session start
+    async with run:
+        await wait_for(lambda: len(run.events) == 1, what="alarm for the overflows at start")
+        run.driver.overflows = 3
+        await wait_for(lambda: len(run.events) == 2, what="alarm for one more overflow")
+        n = run.driver.jobs_run
+        await wait_for(lambda: run.driver.jobs_run > n + 60, what="more jobs (over one alarm check period)")
+    first, second = run.events
+    assert first.kind == "alarm" and first.priority == 1 and first.device == "rtu1"
+    assert "event buffer overflowed" in first.message and "(2 more, 2 in all)" in first.message
+    assert "(1 more, 3 in all)" in second.message
