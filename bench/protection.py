@@ -551,6 +551,12 @@ class _Records:
         return self.parts[0]
 
 
+# Elements are timed from the sample's request send time: a poll sent just before the fault was injected can
+# return faulted values, so a pickup may be stamped up to one poll round trip *before* the injection. Records are
+# searched from this much before it (repeats are seconds apart, so no earlier fault's record can match).
+PICKUP_SLACK_NS = 20_000_000
+
+
 def _first(recs: npt.NDArray[np.void], element: int, bit: int, after_ns: int, group: int | None = None) -> Any:
     sel = (recs["element"] == element) & (recs["events"] & bit != 0) & (recs["mono_ns"] >= after_ns)
     if group is not None:
@@ -595,7 +601,7 @@ def _one_fault(rig: RigProcess, recs: _Records, index: dict[str, int], cases: li
     sent_us: list[int] = []
     for i, c in enumerate(cases):
         el = index[c["element"]]
-        pick = _first(r, el, EV_PICKUP, t0)
+        pick = _first(r, el, EV_PICKUP, t0 - PICKUP_SLACK_NS)
         trip = _first(r, el, EV_TRIP, t0)
         sent = _first(r, ELEMENT_OUTPUT, OEV_SENT, t0, group=i)
         arrival = got.get(coils[i])
