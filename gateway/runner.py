@@ -387,6 +387,7 @@ class LinkRunner:
                     "reconnects": self.reconnects,
                     "missed_slots": dev.missed_slots,
                     "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
+                    "protocol": {"name": self.link.protocol},
                 }
             )
         return out

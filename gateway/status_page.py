@@ -78,11 +78,15 @@ def _state_class(state: str) -> str:
     return {"ok": "ok", "starting": "warn", "backoff": "bad", "disconnected": "bad"}.get(state, "warn")
 
 
+_PROTOCOL_NAMES = {"modbus_tcp": "Modbus TCP", "modbus_rtu": "Modbus RTU", "dnp3_tcp": "DNP3", "iec61850": "IEC 61850"}
+
+
 def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]]) -> str:
     e = html.escape
     now = int(status["now_ns"])
     dev_rows = "".join(
         f"<tr><td>{e(str(d.get('device', '')))}</td><td>{e(str(d.get('link', '')))}</td>"
+        f"<td>{e(_PROTOCOL_NAMES.get(str((d.get('protocol') or {}).get('name', '')), ''))}</td>"
         f"<td class='{_state_class(str(d.get('state', '')))}'>{e(str(d.get('state', '')))}</td>"
         f"<td>{_fmt_age(now, int(d.get('last_good_ns') or 0))}</td>"
         f"<td class='num'>{d.get('polls', 0)}</td><td class='num'>{d.get('errors', 0)}</td>"
@@ -112,8 +116,8 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
 <h1>Gateway {e(status["gateway_id"])}</h1>
 <p class="muted">up {_fmt_age(now, int(status["started_ns"]))} · store: {st.get("rows", 0)} readings,
 {st.get("queued_rows", 0)} queued · this page refreshes every 2 s · JSON: <a href="?format=json">?format=json</a></p>
-<div class="grid"><div><h2>Devices</h2><table><tr><th>device</th><th>link</th><th>comm</th><th>last good poll</th>
-<th>polls</th><th>errors</th><th>reconnects</th></tr>{dev_rows}</table></div>
+<div class="grid"><div><h2>Devices</h2><table><tr><th>device</th><th>link</th><th>protocol</th><th>comm</th>
+<th>last good poll</th><th>polls</th><th>errors</th><th>reconnects</th></tr>{dev_rows}</table></div>
 <div><h2>Cloud sync</h2><table><tr><th>sink</th><th>state</th><th>backlog (rows)</th><th>last acked seq</th>
 <th>last ack</th><th>last error</th></tr>{sink_rows}</table></div></div>
 {prot_html}

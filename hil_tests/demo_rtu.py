@@ -135,3 +135,5 @@ class DemoRtu:
             db.update_analog_input(i, round(v[name] * raw_per_unit), AnalogQuality.ONLINE, now)
         db.update_binary_input(0, bool(v["breaker_closed"]), BinaryQuality.ONLINE, now)
         db.update_counter(0, int(v["E_import"]), CounterQuality.ONLINE, now)
+        for index in (0, 1):  # the command relays are released between commands (pulse outputs)
+            db.update_binary_output(index, False, BinaryQuality.ONLINE, now)

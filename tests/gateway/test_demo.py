@@ -90,7 +90,8 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         wait_until(up, 60, "the demo polling and syncing")
         devices = ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5"]
         assert [d["device"] for d in status["devices"]] == devices
-        assert [d["protocol"]["name"] for d in status["devices"][-2:]] == ["dnp3_tcp", "iec61850"]
+        protocols = ["modbus_tcp"] * 4 + ["dnp3_tcp", "iec61850"]
+        assert [d["protocol"]["name"] for d in status["devices"]] == protocols
         points = {p["point"]: p for p in status["points"]}
         assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000
         assert 49 < points["incomer.f"]["value"] < 51
@@ -98,8 +99,11 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         hz = points["feeder5.MMXU1_Hz"]  # over IEC 61850 (buffered report)
         assert 49 < hz["value"] < 51 and hz["validity"] == "good"
         assert points["feeder5.XCBR1_Pos"]["value"] == 2.0  # Dbpos on
+        assert 0 < points["feeder5.MMXU1_TotW"]["value"] < 10_000  # kW, as the SCL's unit says
+        assert points["feeder4.trip"]["validity"] == "good"  # output status online
         html = urllib.request.urlopen(f"http://127.0.0.1:{panel}/", timeout=2).read().decode()
         assert "feeder1.Ia" in html and "Cloud sync" in html and "Protection" in html
+        assert "<td>DNP3</td>" in html and "<td>IEC 61850</td>" in html
         prot = status["protection"]
         assert [e["name"] for e in prot["elements"] if e["group"] == 1] == ["50P", "51P", "59", "81U"]
         assert prot["cycle"]["cycles"] > 0 and not any(e["tripped"] for e in prot["elements"])  # load only
