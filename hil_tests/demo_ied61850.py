@@ -1,7 +1,8 @@
 """The demo's IEC 61850 IED: feeder 5 of :class:`hil_tests.feeder.FeederModel` behind a libiec61850 server built
 from ``tests/data/ied1.icd`` (IED ``IED1``, logical device ``IED1LD0``).
 
-- ``MMXU1.A.phsA/B/C`` (A), ``MMXU1.TotW`` (kW: the ICD gives SIUnit W with multiplier k), ``MMXU1.Hz``: the model's currents, active power and frequency;
+- ``MMXU1.A.phsA/B/C`` (A), ``MMXU1.TotW`` (kW: the ICD gives SIUnit W with multiplier k), ``MMXU1.Hz``: the
+  model's currents, active power and frequency;
   the buffered report ``LLN0.BR.brcbMeas`` carries them (and the positions) to the gateway on change.
 - ``XCBR1.Pos``: the breaker position (Dbpos: 1 off, 2 on).
 - ``CSWI1.Pos``: breaker control, direct-with-normal-security; ``CSWI2.Pos``: SBO-with-enhanced-security.
