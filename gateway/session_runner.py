@@ -304,11 +304,11 @@ class SessionRunner:
 
     async def _step(self) -> None:
         """Run the most urgent due job, or give the driver the time until it is due."""
-        now = self._mono()
         job = min(self._jobs, key=lambda j: j.deadline, default=None)
         async with self._lock:
             if self._stopping or not self._up:
                 return
+            now = self._mono()  # read after the lock: a control may have held it
             try:
                 if job is not None and job.deadline <= now:
                     await self._run_job(job, now)
@@ -320,7 +320,7 @@ class SessionRunner:
             except SessionLost as exc:
                 self._c.timeouts += 1
                 self._lost(exc)
-        if now - self._alarm_checked >= ALARM_CHECK_S * 1e9:
+        if self._up and now - self._alarm_checked >= ALARM_CHECK_S * 1e9:
             self._check_alarms(now)
 
     def _check_alarms(self, now: int) -> None:
@@ -370,7 +370,13 @@ class SessionRunner:
             if not self._up:
                 return ControlResult(ControlStatus.LINK_DOWN, f"link {self.link.name} is not connected")
             fn = getattr(self.driver, what)
-            result: ControlResult = await fn(request)
+            try:
+                result: ControlResult = await fn(request)
+            except SessionLost as exc:  # the contract says drivers return this; a slip must not reach the caller
+                result = ControlResult(ControlStatus.NO_RESPONSE, f"{exc}; outcome unknown")
+                self.driver.close()
+            except DriverError as exc:
+                result = ControlResult(ControlStatus.REJECTED, str(exc))
             if not self.driver.connected:
                 self._c.timeouts += 1
                 self._lost("connection lost during a control")

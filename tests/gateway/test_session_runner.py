@@ -97,6 +97,9 @@ class ScriptedDriver:
 
     async def cancel(self, request: ControlRequest) -> ControlResult:
         self.controls.append(("cancel", request))
+        if request.point == "b":  # a driver that breaks its contract and raises
+            self._connected = False
+            raise SessionLost("connection reset during cancel")
         return ControlResult(ControlStatus.SUCCESS)
 
     def status(self) -> dict[str, object]:
@@ -272,6 +275,9 @@ async def test_controls_go_to_the_driver_when_up_and_link_down_otherwise() -> No
         assert (await run.runner.operate(req)).ok
         assert (await run.runner.cancel(req)).ok
         assert [c[0] for c in run.driver.controls] == ["select", "operate", "cancel"]
+        broken = await run.runner.cancel(ControlRequest(device="rtu1", point="b"))
+        assert broken.status is ControlStatus.NO_RESPONSE and "connection reset" in broken.detail
+        await wait_for(lambda: run.driver.starts == 2, what="the runner reconnects after the lost session")
 
 
 def test_a_link_with_two_devices_or_unknown_points_is_refused() -> None:
