@@ -160,6 +160,52 @@ def convert_toml_value(hint: Any, v: Any) -> tuple[Any, str]:
     raise TypeError(f"unsupported config type {hint!r}")  # programming error, not user input
 
 
+def fill_kwargs(
+    cls: type[Any],
+    raw: Mapping[str, Any],
+    key: str,
+    err: typing.Callable[[str, str], None],
+    *,
+    skip: typing.Iterable[str] = (),
+    allowed: typing.Iterable[str] = (),
+    hidden: typing.Iterable[str] = (),
+    unknown: str = "unknown key",
+) -> tuple[dict[str, Any], bool]:
+    """Convert the keys of table ``raw`` to the types of dataclass ``cls``'s fields.
+
+    Reports through ``err(key path, message)`` every unknown key (``unknown`` plus a "did you mean"), every value
+    that does not convert, and every required field that is missing. Returns the converted keyword arguments
+    (bad values left out) and whether there was no problem. ``skip``: fields filled elsewhere (nested tables),
+    neither converted nor required; ``allowed``: extra keys accepted and ignored (e.g. ``type``, ``template``);
+    ``hidden``: fields that are not settings (set by the loader), unknown keys if a file gives them.
+    """
+    skipped = set(skip)
+    not_settings = set(hidden)
+    extra = set(allowed)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skipped | not_settings}
+    out: dict[str, Any] = {}
+    ok = True
+    for k, v in raw.items():
+        if k in extra or k in skipped:
+            continue
+        if k not in fields:
+            err(f"{key}.{k}", f"{unknown}{suggest(k, [*fields, *extra])}")
+            ok = False
+            continue
+        conv, message = convert_toml_value(hints[k], v)
+        if conv is BAD:
+            err(f"{key}.{k}", message)
+            ok = False
+        else:
+            out[k] = conv
+    for name, f in fields.items():
+        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            err(f"{key}.{name}", "missing required key")
+            ok = False
+    return out, ok
+
+
 class _Loader:
     def __init__(self, file: str, strict_protection: bool = True) -> None:
         self.file = file
@@ -186,28 +232,9 @@ class _Loader:
         if not isinstance(raw, dict):
             self.err(key, f"expected a table, got {type(raw).__name__}", device)
             return None
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip and f.name != "source"}
-        out: dict[str, Any] = {}
-        for k, v in raw.items():
-            if k in extra_allowed:
-                continue
-            if k not in fields and k not in skip:
-                self.err(f"{key}.{k}", f"unknown key{suggest(k, [*fields, *extra_allowed])}", device)
-                continue
-            if k in skip:
-                continue
-            conv = self.convert(hints[k], v, f"{key}.{k}", device)
-            if conv is not BAD:
-                out[k] = conv
-        for name, f in fields.items():
-            if (
-                name not in out
-                and name not in raw
-                and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING
-            ):
-                self.err(f"{key}.{name}", "missing required key", device)
+        out, _ = fill_kwargs(
+            cls, raw, key, lambda k, m: self.err(k, m, device), skip=skip, allowed=extra_allowed, hidden=("source",)
+        )
         return out
 
     def convert(self, hint: Any, v: Any, key: str, device: str) -> Any:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.config_load import BAD, ConfigProblem, convert_toml_value, suggest
+from gateway.config_load import BAD, ConfigProblem, convert_toml_value, fill_kwargs, suggest
 from protection.runtime import ComtradeFileSource, ProtectionRuntime
 from protection.settings import SETTINGS_BY_TYPE, ElementSettings, ProtectionSettings, check_settings
 
@@ -107,25 +107,7 @@ def _element(raw: Any, key: str, group: int, err: typing.Callable[[str, str], No
         err(f"{key}.type", f"unknown element type {etype!r}{suggest(str(etype), SETTINGS_BY_TYPE)}")
         return None
     cls = SETTINGS_BY_TYPE[etype]
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kw: dict[str, Any] = {}
-    ok = True
-    for k, v in raw.items():
-        if k not in fields:
-            err(f"{key}.{k}", f"unknown key for a {etype} element{suggest(k, fields)}")
-            ok = False
-            continue
-        conv, msg = convert_toml_value(hints[k], v)
-        if conv is BAD:
-            err(f"{key}.{k}", msg)
-            ok = False
-        else:
-            kw[k] = conv
-    for name, f in fields.items():
-        if name not in raw and f.default is dataclasses.MISSING:
-            err(f"{key}.{name}", "missing required key")
-            ok = False
+    kw, ok = fill_kwargs(cls, raw, key, err, unknown=f"unknown key for a {etype} element")
     if not ok:
         return None
     s: ElementSettings = cls(**kw)
@@ -161,27 +143,7 @@ def _typed_table(
         err(f"{key}.type", f"{msg} (one of {shown})")
         return None
     cls = types[t]
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kw: dict[str, Any] = {}
-    ok = True
-    for k, v in raw.items():
-        if k == "type":
-            continue
-        if k not in fields:
-            err(f"{key}.{k}", f"unknown key for type {t!r}{suggest(k, fields)}")
-            ok = False
-            continue
-        conv, msg = convert_toml_value(hints[k], v)
-        if conv is BAD:
-            err(f"{key}.{k}", msg)
-            ok = False
-        else:
-            kw[k] = conv
-    for name, f in fields.items():
-        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            err(f"{key}.{name}", "missing required key")
-            ok = False
+    kw, ok = fill_kwargs(cls, raw, key, err, allowed=("type",), unknown=f"unknown key for type {t!r}")
     if not ok:
         return None
     for k in ("port",):
