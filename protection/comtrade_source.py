@@ -151,14 +151,7 @@ class ComtradePlaybackSource:
         else:
             k = bisect.bisect_right(self._t, t) - 1
         r = self._rows[k]
-        m.ia = r[0]
-        m.ib = r[1]
-        m.ic = r[2]
-        m.i_n = r[3]
-        m.va = r[4]
-        m.vb = r[5]
-        m.vc = r[6]
-        m.f = r[7]
+        m.set_values(r)
         m.valid = 0 if stale else self._valid[k]
 
 

@@ -15,6 +15,7 @@ No import-time side effects. Nothing here allocates per cycle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from gateway.model import VALIDITY_MASK, Q
@@ -85,6 +86,17 @@ class Measurements:
         self.va = va
         self.vb = vb
         self.vc = vc
+
+    def set_values(self, v: Sequence[float]) -> None:
+        """Copy the 8 quantities in channel order (ia ib ic in va vb vc f), as sources keep them. Allocates nothing."""
+        self.ia = v[0]
+        self.ib = v[1]
+        self.ic = v[2]
+        self.i_n = v[3]
+        self.va = v[4]
+        self.vb = v[5]
+        self.vc = v[6]
+        self.f = v[7]
 
     def __repr__(self) -> str:
         return (

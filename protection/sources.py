@@ -109,14 +109,7 @@ class SampleSlot:
         else:
             self.lock_misses += 1
         c = self._copy
-        m.ia = c[0]
-        m.ib = c[1]
-        m.ic = c[2]
-        m.i_n = c[3]
-        m.va = c[4]
-        m.vb = c[5]
-        m.vc = c[6]
-        m.f = c[7]
+        m.set_values(c)
         m.sample_ns = self._copy_ns
         if self._copy_ns < 0 or now_ns - self._copy_ns > self.stale_after_ns:
             m.valid = 0
