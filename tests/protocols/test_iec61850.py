@@ -6,6 +6,7 @@ The helpers at the top (ICD, Collector, link builders, pump_until) are shared wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import platform
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -126,18 +127,24 @@ def server() -> Iterator[Iec61850Server]:
     assert not sim.DIRECTOR_ERRORS, sim.DIRECTOR_ERRORS
 
 
-@pytest.fixture
-async def session(server: Iec61850Server) -> AsyncIterator[tuple[Iec61850Session, Collector]]:
-    lk = link(server.port)
+@contextlib.asynccontextmanager
+async def started(lk: LinkConfig) -> AsyncIterator[tuple[Iec61850Session, Collector]]:
+    """A driver for ``lk``, connected and started (reports enabled, GI done); closed on exit."""
     ids = ids_for(lk)
     col = Collector(ids)
     drv = Iec61850Session(lk, ids, col)
     await drv.connect()
-    await drv.start_session()
     try:
+        await drv.start_session()
         yield drv, col
     finally:
         drv.close()
+
+
+@pytest.fixture
+async def session(server: Iec61850Server) -> AsyncIterator[tuple[Iec61850Session, Collector]]:
+    async with started(link(server.port)) as started_session:
+        yield started_session
 
 
 def at(seconds: float) -> datetime:
@@ -269,16 +276,9 @@ async def test_unbuffered_report_and_clock_failure(
 
 async def test_integrity_reports(server: Iec61850Server) -> None:
     lk = link(server.port, reports=(BRCB,), integrity_period_s=0.2)
-    ids = ids_for(lk)
-    col = Collector(ids)
-    drv = Iec61850Session(lk, ids, col)
-    await drv.connect()
-    try:
-        await drv.start_session()
+    async with started(lk) as (drv, col):
         # nothing changes, yet Hz keeps arriving: GI, then integrity reports
         await pump_until(drv, lambda: len(col.of("Hz")) >= 3, "integrity reports")
-    finally:
-        drv.close()
 
 
 async def test_brcb_resume_after_server_drop_delivers_every_change_once(
@@ -322,12 +322,7 @@ async def test_brcb_resume_after_server_drop_delivers_every_change_once(
 
 async def test_resume_refused_falls_back_to_fresh_enable(server: Iec61850Server) -> None:
     lk = link(server.port, reports=(BRCB,))
-    ids = ids_for(lk)
-    col = Collector(ids)
-    drv = Iec61850Session(lk, ids, col)
-    await drv.connect()
-    try:
-        await drv.start_session()
+    async with started(lk) as (drv, col):
         await pump_until(drv, lambda: bool(col.of("Ia")), "the GI")
         drv.close()
         drv._entry_ids[BRCB] = b"\xde\xad\xbe\xef\x00\x00\x00\x01"  # an entry the IED never had
@@ -337,8 +332,6 @@ async def test_resume_refused_falls_back_to_fresh_enable(server: Iec61850Server)
         mark = len(col.batches)
         server.update(f"{LD}/MMXU1.A.phsA", "cVal.mag.f", 7.0)
         await pump_until(drv, lambda: 7.0 in col.values("Ia", mark), "reports after the fresh enable")
-    finally:
-        drv.close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,12 +342,7 @@ async def test_resume_refused_falls_back_to_fresh_enable(server: Iec61850Server)
 async def test_bad_reference_is_marked_not_fatal(server: Iec61850Server) -> None:
     pts = (*POINTS, pt("Ghost", f"{LD}/MMXU1.Nope", "stVal", "ST", period_s=0.5))
     lk = link(server.port, points=pts, reports=())
-    ids = ids_for(lk)
-    col = Collector(ids)
-    drv = Iec61850Session(lk, ids, col)
-    await drv.connect()
-    try:
-        await drv.start_session()  # does not raise: the runner would reconnect forever
+    async with started(lk) as (drv, col):  # does not raise: the runner would reconnect forever
         _, v, q = col.last("Ghost")
         assert math.isnan(v)
         assert q == Q.INVALID | Q.BAD_REFERENCE | Q.GATEWAY_TIME
@@ -365,26 +353,17 @@ async def test_bad_reference_is_marked_not_fatal(server: Iec61850Server) -> None
         assert not isinstance(info.value, SessionLost)
         assert col.values("Beh")[-1] == 5.0  # the good point of the same poll was delivered
         assert drv.connected
-    finally:
-        drv.close()
 
 
 async def test_unknown_report_block_falls_back_to_polling(server: Iec61850Server) -> None:
     lk = link(server.port, reports=(f"{LD}/LLN0.BR.brcbNope01", URCB))
-    ids = ids_for(lk)
-    col = Collector(ids)
-    drv = Iec61850Session(lk, ids, col)
-    await drv.connect()
-    try:
-        await drv.start_session()
+    async with started(lk) as (drv, col):
         st = drv.status()
         assert st["rcb_errors"] == 1
         assert st["reports_enabled"] == [URCB]
         server.update(f"{LD}/MMXU1.A.phsA", "cVal.mag.f", 55.0)
         await drv.run_job("poll_1")
         assert col.values("Ia")[-1] == 55.0
-    finally:
-        drv.close()
 
 
 async def test_connect_failure_and_lost_association(server: Iec61850Server) -> None:
@@ -570,12 +549,7 @@ def test_fast_report_decoder_agrees_with_open61850(server: Iec61850Server, monke
 async def test_second_block_with_the_same_rpt_id_is_not_enabled(server: Iec61850Server) -> None:
     second = f"{LD}/LLN0.BR.brcbMeas02"  # an instance of the same RCB: same RptID in the ICD
     lk = link(server.port, reports=(BRCB, second))
-    ids = ids_for(lk)
-    col = Collector(ids)
-    drv = Iec61850Session(lk, ids, col)
-    await drv.connect()
-    try:
-        await drv.start_session()
+    async with started(lk) as (drv, col):
         st = drv.status()
         assert st["reports_enabled"] == [BRCB]
         assert st["rcb_errors"] == 1
@@ -584,8 +558,6 @@ async def test_second_block_with_the_same_rpt_id_is_not_enabled(server: Iec61850
         await pump_until(drv, lambda: 9.5 in col.values("Ia"), "the report of the first block")
         await pump_until(drv, lambda: True, "one more idle round")
         assert col.values("Ia").count(9.5) == 1
-    finally:
-        drv.close()
 
 
 async def test_under_the_session_runner_a_drop_loses_and_repeats_nothing(server: Iec61850Server) -> None:
