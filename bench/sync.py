@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from cloud_sync.codec import READINGS_SCHEMA, PointCatalog, encode_batch
 from cloud_sync.uploader import Uploader
 from gateway.config import SinkConfig
 from gateway.model import PointInfo, Q, ReadingBatch
+from hil_tests.net import free_port
 from storefwd.store import Store
 
 GATEWAY = "bench-gw"
@@ -113,12 +113,6 @@ class CountingTransport(httpx.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.body_bytes += len(request.content)
         return await super().handle_async_request(request)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ leave a dummy Python thread behind).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -34,6 +33,8 @@ from types import TracebackType
 from typing import Any
 
 import opendnp3 as o
+
+from hil_tests.net import free_port
 
 __all__ = [
     "CommandRecord",
@@ -45,17 +46,9 @@ __all__ = [
     "binary_output",
     "counter",
     "double_bit",
-    "free_port",
 ]
 
 Update = tuple[Any, int]  # (opendnp3 measurement, point index)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _time(time_ms: int | None) -> Any:

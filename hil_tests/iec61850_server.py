@@ -31,7 +31,6 @@ handlers route each callback to the server it belongs to.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,9 +40,10 @@ from typing import Any, Final
 
 import pyiec61850.iec61850 as lib
 
+from hil_tests.net import free_port
 from protocols.scl import DataAttribute, DataObject, LogicalNode, SclIed, SclModel, parse_scl
 
-__all__ = ["DEFAULT_ICD", "DIRECTOR_ERRORS", "ControlBehaviour", "Iec61850Server", "Operation", "free_port"]
+__all__ = ["DEFAULT_ICD", "DIRECTOR_ERRORS", "ControlBehaviour", "Iec61850Server", "Operation"]
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,6 @@ _DBPOS: Final = {0: lib.DBPOS_INTERMEDIATE_STATE, 1: lib.DBPOS_OFF, 2: lib.DBPOS
 TQ_LEAP_SECONDS_KNOWN: Final = 0x80
 TQ_CLOCK_FAILURE: Final = 0x40
 TQ_CLOCK_NOT_SYNCHRONISED: Final = 0x20
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

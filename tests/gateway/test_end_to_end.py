@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from gateway.config import (
     StorageConfig,
 )
 from hil_tests.modbus_sim import SimServer, SimUnit
+from hil_tests.net import free_port
 from storefwd.store import Store
 from tests.waiting import wait_for, wait_for_async
 
@@ -44,12 +44,6 @@ PERIOD = 0.1
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_units() -> list[SimUnit]:

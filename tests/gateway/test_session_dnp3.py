@@ -22,7 +22,7 @@ from gateway.drivers import driver_factory
 from gateway.model import Event, ReadingBatch
 from gateway.session_runner import Q_LOST, SessionRunner
 from hil_tests.demo_rtu import DemoRtu
-from hil_tests.dnp3_outstation import free_port
+from hil_tests.net import free_port
 from protocols.session import ControlAction, ControlMode, ControlRequest, ControlStatus
 from tests.waiting import wait_for
 

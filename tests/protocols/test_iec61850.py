@@ -25,7 +25,8 @@ from open61850.mms import InformationReport, MmsClient, ObjectName, OptFlds, dec
 from gateway.config import DeviceConfig, Iec61850Settings, LinkConfig, PointConfig
 from gateway.model import Q, ReadingBatch
 from hil_tests import iec61850_server as sim
-from hil_tests.iec61850_server import Iec61850Server, free_port
+from hil_tests.iec61850_server import Iec61850Server
+from hil_tests.net import free_port
 from protocols import iec61850 as iec61850_driver
 from protocols.iec61850 import (
     Iec61850Session,
