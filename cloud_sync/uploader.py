@@ -29,6 +29,7 @@ import contextlib
 import email.utils
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ class Uploader:
         self._acks: collections.deque[tuple[float, int]] = collections.deque()
         self._last_response: dict[str, Any] = {}
         self._changed = asyncio.Condition()  # notified after every ack and state change
+        self._progress_at = -math.inf  # clock() of the last progress log line
 
     # ------------------------------------------------------------------------------------------- control
     def stop(self) -> None:
@@ -224,7 +226,9 @@ class Uploader:
     async def _run(self) -> None:
         cursor = int(self.store.watermark(self.sink.name))
         self._last_ack_seq = cursor
-        async with httpx.AsyncClient(transport=self._transport, timeout=self.sink.timeout_s) as client:
+        async with httpx.AsyncClient(
+            transport=self._transport, timeout=self.sink.timeout_s, verify=tls_context(self.sink)
+        ) as client:
             prepared = await self._prepare(cursor)
             while prepared is not None:
                 ahead = asyncio.create_task(
@@ -322,8 +326,31 @@ class Uploader:
         self._uploaded_rows += batch.rows
         self._uploads += 1
         self._last_error = ""
+        if self._state == "retrying":
+            log.info("sink %r: upload succeeded again after %d retries", self.sink.name, self._retries)
+            self._progress_at = -math.inf  # report the backlog left by the outage at once
         await self._set_state("ok")
+        self._log_progress()
         return True
+
+    def _log_progress(self) -> None:
+        """While a backlog drains: one INFO line every ``sink.progress_log_s`` with rows left, rate and ETA."""
+        every = self.sink.progress_log_s
+        now = self._clock()
+        if every <= 0 or now - self._progress_at < every:
+            return
+        st = self.status()
+        if not st["backlog"]:
+            return
+        self._progress_at = now
+        eta = "unknown" if st["eta_s"] is None else f"{st['eta_s']:.0f} s"
+        log.info(
+            "sink %r: backlog %d rows left, draining at %.0f rows/s, ETA %s",
+            self.sink.name,
+            st["backlog"],
+            st["rows_per_s"],
+            eta,
+        )
 
     async def _post(self, client: httpx.AsyncClient, body: bytes, key: str) -> None:
         headers = {
@@ -378,6 +405,16 @@ class Uploader:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def tls_context(sink: SinkConfig) -> ssl.SSLContext | bool:
+    """httpx ``verify=`` for ``sink``: True (system CAs) unless it names a CA bundle or a client certificate."""
+    if sink.ca_file is None and sink.cert_file is None:
+        return True
+    ctx = ssl.create_default_context(cafile=str(sink.ca_file) if sink.ca_file else None)
+    if sink.cert_file is not None and sink.key_file is not None:
+        ctx.load_cert_chain(str(sink.cert_file), str(sink.key_file))
+    return ctx
 
 
 def _detail(resp: httpx.Response) -> str:

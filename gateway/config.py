@@ -155,6 +155,10 @@ class SinkConfig:
     timeout_s: float = 10.0  # HTTP timeout for one upload
     retry_max_s: float = 60.0  # longest delay between retries
     enabled: bool = True  # false keeps the sink's watermark but uploads nothing
+    ca_file: Path | None = None  # PEM CA bundle that verifies an https:// receiver (None: the system CAs)
+    cert_file: Path | None = None  # PEM client certificate (X.509 device identity), with key_file
+    key_file: Path | None = None  # PEM private key of cert_file
+    progress_log_s: float = 30.0  # while a backlog drains, log rows left and ETA this often (0 = never)
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,7 +289,7 @@ class _Loader:
         panel_kw = self.fill(PanelConfig, data.get("panel", {}), "panel")
         if panel_kw is not None and not 0 <= panel_kw.get("port", 8080) <= 65535:
             self.err("panel.port", "must be 0..65535 (0 disables the page)")
-        sinks = self.sinks(data.get("sinks", []))
+        sinks = self.sinks(data.get("sinks", []), base_dir)
         templates = self.templates(data.get("templates", {}))
         links = self.links(data.get("links", []), templates)
         from protection.config import parse_protection, parse_protection_runtime  # protection.config imports us
@@ -337,7 +337,7 @@ class _Loader:
             self.err("storage.memory_limit_mb", "must be 0 (DuckDB default) or 32..1048576")
         return StorageConfig(**kw)
 
-    def sinks(self, raw: Any) -> list[SinkConfig]:
+    def sinks(self, raw: Any, base_dir: Path) -> list[SinkConfig]:
         if not isinstance(raw, list):
             self.err("sinks", "expected an array of tables: [[sinks]]")
             return []
@@ -359,6 +359,16 @@ class _Loader:
             for f in ("max_interval_s", "timeout_s", "retry_max_s"):
                 if kw.get(f, 1.0) <= 0:
                     self.err(f"{key}.{f}", "must be > 0")
+            if kw.get("progress_log_s", 30.0) < 0:
+                self.err(f"{key}.progress_log_s", "must be >= 0 (0 = no progress log)")
+            for f in ("ca_file", "cert_file", "key_file"):
+                if kw.get(f) is not None:
+                    path = kw[f] if kw[f].is_absolute() else base_dir / kw[f]
+                    kw[f] = path
+                    if not path.is_file():
+                        self.err(f"{key}.{f}", f"file not found: {path}")
+            if (kw.get("cert_file") is None) != (kw.get("key_file") is None):
+                self.err(f"{key}.cert_file", "cert_file and key_file go together (client certificate and its key)")
             out.append(SinkConfig(**kw))
         return out
 
