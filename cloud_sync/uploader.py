@@ -97,6 +97,74 @@ def parse_retry_after(value: str | None, now_wall_s: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
+class Delivery(Protocol):
+    """How a sink puts one encoded batch on the wire. The uploader owns the outbox; a delivery only sends.
+
+    ``send`` returns (the receiver's JSON answer, or ``{}``) only once the peer has durably accepted the batch
+    (HTTP 2xx, MQTT PUBACK): the uploader acks the watermark right after. It raises
+    :class:`RetryableUpload` for anything worth retrying (the same batch is sent again), :class:`AuthRejected`
+    or :class:`BatchRejected` to stop the sink. Used as an async context manager around the uploader's run.
+    Event-loop thread only.
+    """
+
+    async def __aenter__(self) -> Delivery: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def send(self, body: bytes, key: str) -> dict[str, Any]: ...
+
+
+class HttpDelivery:
+    """POST to ``sink.url`` (see the module docstring for headers and status handling)."""
+
+    def __init__(self, sink: SinkConfig, transport: httpx.AsyncBaseTransport | None = None,
+                 wall_clock_ns: Callable[[], int] = time.time_ns) -> None:  # fmt: skip
+        self.sink = sink
+        self._transport = transport
+        self._wall_ns = wall_clock_ns
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> HttpDelivery:
+        self._client = httpx.AsyncClient(
+            transport=self._transport, timeout=self.sink.timeout_s, verify=tls_context(self.sink)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(self, body: bytes, key: str) -> dict[str, Any]:
+        assert self._client is not None, "use HttpDelivery as an async context manager"
+        headers = {
+            "Authorization": f"Bearer {self.sink.token}",
+            "Idempotency-Key": key,
+            "Content-Type": CONTENT_TYPE,
+        }
+        try:
+            resp = await self._client.post(self.sink.url, content=body, headers=headers)
+        except httpx.TimeoutException as e:
+            raise RetryableUpload(f"timeout after {self.sink.timeout_s} s posting to {self.sink.url}") from e
+        except httpx.TransportError as e:
+            raise RetryableUpload(f"{type(e).__name__} posting to {self.sink.url}: {e}") from e
+        code = resp.status_code
+        if 200 <= code < 300:
+            try:
+                answer = resp.json()
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
+        detail = _detail(resp)
+        msg = f"HTTP {code} from {self.sink.url}: {detail}"
+        if code in (401, 403):
+            raise AuthRejected(msg, code)
+        if code in (408, 429) or code >= 500:
+            retry_after = parse_retry_after(resp.headers.get("retry-after"), self._wall_ns() / 1e9)
+            raise RetryableUpload(msg, code, retry_after)
+        raise BatchRejected(msg, code)
+
+
 class Uploader:
     """Uploads the rows of one sink. See the module docstring for the contract.
 
@@ -119,13 +187,14 @@ class Uploader:
         backoff_min_s: float = 0.5,
         poll_s: float = 0.05,
         zstd_level: int = 3,
+        delivery: Delivery | None = None,
     ) -> None:
         if sink.batch_size < 1:
             raise ValueError("sink.batch_size must be >= 1")
         self.store = store
         self.sink = sink
         self.gateway_id = gateway_id
-        self._transport = transport
+        self._delivery: Delivery = delivery or HttpDelivery(sink, transport, wall_clock_ns)
         self._clock = clock
         self._wall_ns = wall_clock_ns
         self._sleep = sleep or self._interruptible_sleep
@@ -226,9 +295,7 @@ class Uploader:
     async def _run(self) -> None:
         cursor = int(self.store.watermark(self.sink.name))
         self._last_ack_seq = cursor
-        async with httpx.AsyncClient(
-            transport=self._transport, timeout=self.sink.timeout_s, verify=tls_context(self.sink)
-        ) as client:
+        async with self._delivery:
             prepared = await self._prepare(cursor)
             while prepared is not None:
                 ahead = asyncio.create_task(
@@ -236,7 +303,7 @@ class Uploader:
                 )
                 delivered = False
                 try:
-                    delivered = await self._deliver(client, prepared)
+                    delivered = await self._deliver(prepared)
                 finally:
                     if not delivered:
                         ahead.cancel()
@@ -278,7 +345,7 @@ class Uploader:
         seqs = rows.column("seq")
         return _Prepared(body, rows.num_rows, int(seqs[0].as_py()), int(seqs[-1].as_py()))
 
-    async def _deliver(self, client: httpx.AsyncClient, batch: _Prepared) -> bool:
+    async def _deliver(self, batch: _Prepared) -> bool:
         """Upload (with retries) and ack. False when the sink stopped or stop() was called."""
         key = f"{self.gateway_id}:{batch.first_seq}-{batch.last_seq}"
         retrying = AsyncRetrying(
@@ -294,7 +361,7 @@ class Uploader:
                 with attempt:
                     if self._stop.is_set():
                         raise _Stopped
-                    await self._post(client, batch.body, key)
+                    self._last_response = await self._delivery.send(batch.body, key)
         except _Stopped:
             return False
         except RetryableUpload as e:  # stop() during the retry loop
@@ -351,32 +418,6 @@ class Uploader:
             st["rows_per_s"],
             eta,
         )
-
-    async def _post(self, client: httpx.AsyncClient, body: bytes, key: str) -> None:
-        headers = {
-            "Authorization": f"Bearer {self.sink.token}",
-            "Idempotency-Key": key,
-            "Content-Type": CONTENT_TYPE,
-        }
-        try:
-            resp = await client.post(self.sink.url, content=body, headers=headers)
-        except httpx.TimeoutException as e:
-            raise RetryableUpload(f"timeout after {self.sink.timeout_s} s posting to {self.sink.url}") from e
-        except httpx.TransportError as e:
-            raise RetryableUpload(f"{type(e).__name__} posting to {self.sink.url}: {e}") from e
-        code = resp.status_code
-        if 200 <= code < 300:
-            with contextlib.suppress(ValueError):
-                self._last_response = resp.json()
-            return
-        detail = _detail(resp)
-        msg = f"HTTP {code} from {self.sink.url}: {detail}"
-        if code in (401, 403):
-            raise AuthRejected(msg, code)
-        if code in (408, 429) or code >= 500:
-            retry_after = parse_retry_after(resp.headers.get("retry-after"), self._wall_ns() / 1e9)
-            raise RetryableUpload(msg, code, retry_after)
-        raise BatchRejected(msg, code)
 
     def _wait_for(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
