@@ -10,7 +10,7 @@ from typing import Final
 
 # Version of the table layout below, kept in ``meta('schema_version')``. Bump it (and add a migration in
 # store.py) whenever a table changes. A file with a higher version is refused (StoreVersionError).
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: readings_1m, reclaim_log, meta downsampled_seq/commit_no (1 upgrades in place)
 
 # DuckDB storage format the file is written in. DuckDB 2.0 writes format "v2.0.0" by default, which no 1.x
 # release can open. v1.2.0 is the oldest format readable by every DuckDB this project supports
@@ -77,6 +77,31 @@ DDL: Final[tuple[str, ...]] = (
         message  VARCHAR  NOT NULL,
         data     VARCHAR  NOT NULL
     )""",
+    # per point and UTC minute, the summary of downsampled readings (storefwd/retention.py)
+    """CREATE TABLE IF NOT EXISTS readings_1m (
+        point_id INTEGER NOT NULL,
+        bucket_ns BIGINT NOT NULL,
+        min      DOUBLE NOT NULL,
+        max      DOUBLE NOT NULL,
+        avg      DOUBLE NOT NULL,
+        last     DOUBLE NOT NULL,
+        last_ts  BIGINT NOT NULL,
+        count    BIGINT NOT NULL,
+        seq_lo   BIGINT NOT NULL,
+        seq_hi   BIGINT NOT NULL
+    )""",
+    # one row per reclaim step (downsampled or evicted seq range); what the gap records describe
+    """CREATE TABLE IF NOT EXISTS reclaim_log (
+        action      VARCHAR NOT NULL,
+        seq_lo      BIGINT  NOT NULL,
+        seq_hi      BIGINT  NOT NULL,
+        rows_before BIGINT  NOT NULL,
+        rows_after  BIGINT  NOT NULL,
+        ts_from     BIGINT  NOT NULL,
+        ts_to       BIGINT  NOT NULL,
+        events      BIGINT  NOT NULL,
+        done_ns     BIGINT  NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         sink       VARCHAR PRIMARY KEY,
         acked_seq  BIGINT  NOT NULL,
@@ -90,6 +115,8 @@ META_STORAGE_VERSION: Final = "storage_version"
 META_READING_SEQ: Final = "reading_seq"  # highest reading seq ever committed (survives future eviction)
 META_EVENT_SEQ: Final = "event_seq"  # highest event seq ever committed
 META_CREATED_NS: Final = "created_ns"
+META_DOWNSAMPLED_SEQ: Final = "downsampled_seq"  # readings with seq <= this were downsampled (or evicted)
+META_COMMIT_NO: Final = "commit_no"  # incremented by every transaction: tells after a crash whether it committed
 
 READING_COLUMNS: Final = ("seq", "ts", "point_id", "value", "quality")
 EVENT_COLUMNS: Final = ("seq", "ts", "priority", "kind", "device", "point", "message", "data")

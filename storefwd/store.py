@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import duckdb
 import numpy as np
@@ -41,7 +42,7 @@ import pyarrow as pa
 
 from gateway.model import ID_DTYPE, QUALITY_DTYPE, TS_DTYPE, VALUE_DTYPE, Event, PointInfo, ReadingBatch
 
-from . import schema
+from . import retention, schema
 from .errors import (
     StoreClosed,
     StoreCorrupt,
@@ -118,9 +119,20 @@ class _Flush:
     future: Future[int] = field(default_factory=Future)  # result: last committed reading seq
 
 
-_Command = _Register | _Ack | _AddEvents | _Flush
+@dataclass(slots=True)
+class _Reclaim:
+    future: Future[dict[str, Any] | None] = field(default_factory=Future)  # result: the gap record's data
+
+
+_Command = _Register | _Ack | _AddEvents | _Flush | _Reclaim
 _SENTINEL: Final = object()  # put on the queue by close(): drain what is before it, commit, stop
 _MAX_RETRY_PAUSE_S: Final = 5.0  # longest pause between retries of a failing write
+_MAX_RECOVER_PAUSE_S: Final = 2.0  # longest pause between attempts to reopen an invalidated database
+_RECLAIM_STEPS_PER_CALL: Final = 4  # reclaim transactions between two ingest commits at most
+
+
+class _Invalidated(Exception):
+    """The database was invalidated by an earlier fatal error and must be reopened first."""
 
 
 @dataclass(slots=True)
@@ -138,6 +150,12 @@ class _Work:
     acks: dict[str, int] = field(default_factory=dict)
     events: list[tuple[int, Event]] = field(default_factory=list)
     event_results: list[int] = field(default_factory=list)
+    commit_no: int = 0  # meta commit_no this transaction writes
+    # a reclaim step (writer-internal): runs its SQL first and returns the gap/alarm events to store with it
+    reclaim: Callable[[duckdb.DuckDBPyConnection, _Work], list[Event]] | None = None
+    reclaim_points: list[tuple[int, PointInfo]] = field(default_factory=list)  # derived points it registered
+    after_publish: Callable[[], None] | None = None  # runs under the state lock after COMMIT
+    partial_holes: dict[str, tuple[int, int]] = field(default_factory=dict)  # see _count_partial_hole
 
 
 class Store:
@@ -165,6 +183,11 @@ class Store:
         disk_budget_mb: float = 1024.0,
         checkpoint_threshold_mb: float = schema.CHECKPOINT_THRESHOLD_MB,
         memory_limit_mb: int = schema.MEMORY_LIMIT_MB,
+        retention_policy: retention.RetentionPolicy | None = None,
+        on_damage: Literal["raise", "move_aside"] = "raise",
+        seq_floor: int = 0,
+        clock_ns: Callable[[], int] = time.time_ns,
+        statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
     ) -> None:
         if commit_interval_ms < 0:
             raise ValueError("commit_interval_ms must be >= 0")
@@ -181,7 +204,11 @@ class Store:
         self._interval_s = commit_interval_ms / 1000.0
         self._queue_rows = int(queue_rows)
         self._high_water = max(1, self._queue_rows // 2)  # commit early at this many queued rows
-        self._budget_bytes = int(disk_budget_mb * 1024 * 1024)
+        self._policy = retention_policy or retention.RetentionPolicy(budget_bytes=int(disk_budget_mb * 1024 * 1024))
+        self._budget_bytes = self._policy.budget_bytes
+        self._seq_floor = int(seq_floor)
+        self._clock_ns = clock_ns
+        self._statvfs = statvfs
 
         # --- queue state, guarded by _lock
         self._lock = threading.Lock()
@@ -208,21 +235,38 @@ class Store:
         self._infos: dict[int, PointInfo] = {}
         self._next_point_id = 1
         self._watermarks: dict[str, int] = {}
+        self._sinks: tuple[str, ...] | None = None  # configured sinks (set_sinks); None: those that ever acked
+        self._ds_seq = 0  # readings with seq <= this were downsampled or evicted
+        self._commit_no = 0  # meta commit_no of the last committed transaction
+        self._holes: list[tuple[int, int, int]] = []  # downsampled (lo, hi, rows removed) above first_seq
+        self._partial_holes: dict[str, tuple[int, int]] = {}  # sink -> (watermark, rows removed after it)
+        self._reclaim = {"downsampled_rows": 0, "evicted_rows": 0, "evicted_events": 0, "gap_records": 0,
+                         "reclaim_steps": 0}  # fmt: skip
+        self._usage: retention.Usage | None = None
+        self._usage_ns = 0
+        self._oldest_cache: dict[str, tuple[int, int]] = {}  # sink -> (watermark, ts of the next row)
+        # disk full / database invalidated: the writer reopens the file; committed state is kept
+        self._invalid = False
+        self._disk_full_since_ns = 0
+        self._disk_full_events = 0
+        self._internal_events: list[Event] = []  # writer thread only: events it raises itself
+        self._next_reclaim_check = 0.0  # monotonic
+        self._over_budget_alarmed = False
 
         self._cursor_lock = threading.Lock()  # DuckDB cursor creation from the root connection
         self._closed = False
         self._close_lock = threading.Lock()
         self._close_error: StoreError | None = None
 
-        self._root = self._connect()
-        try:
-            self._load_state()
-        except BaseException:
-            self._root.close()
-            raise
+        self.damaged: dict[str, Any] | None = None  # set when a damaged file was moved aside at open
+        self._pending_alarm: Event | None = None  # committed by the constructor once the writer runs
+        self._root = self._open_or_move_aside(on_damage)
         self._wcon = self._root.cursor()  # the writer's own connection; only the writer thread uses it
         self._writer = threading.Thread(target=self._run, name="storefwd-writer", daemon=True)
         self._writer.start()
+        if self._pending_alarm is not None:
+            self.add_event(self._pending_alarm)
+            self._pending_alarm = None
 
     @classmethod
     def open(
@@ -234,6 +278,7 @@ class Store:
         disk_budget_mb: float = 1024.0,
         checkpoint_threshold_mb: float = schema.CHECKPOINT_THRESHOLD_MB,
         memory_limit_mb: int = schema.MEMORY_LIMIT_MB,
+        **kwargs: Any,
     ) -> Store:
         """Same as the constructor (reads better at call sites: ``with Store.open(p) as store:``)."""
         return cls(
@@ -243,6 +288,7 @@ class Store:
             disk_budget_mb=disk_budget_mb,
             checkpoint_threshold_mb=checkpoint_threshold_mb,
             memory_limit_mb=memory_limit_mb,
+            **kwargs,
         )
 
     def __enter__(self) -> Store:
@@ -256,6 +302,49 @@ class Store:
         return self._path
 
     # ------------------------------------------------------------------------------------------- opening
+    def _open_or_move_aside(self, on_damage: str) -> duckdb.DuckDBPyConnection:
+        """Open the file and load its state. A damaged file (StoreCorrupt) is re-raised, or with
+        ``on_damage="move_aside"`` renamed to ``<name>.damaged-<UTC time>`` (its WAL alongside) and replaced
+        by a new file whose seqs start above ``seq_floor``; an alarm event (priority 0) says so."""
+        try:
+            return self._open_and_load()
+        except StoreCorrupt as e:
+            if on_damage != "move_aside":
+                raise
+            error = str(e)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock_ns() / 1e9))
+        moved: list[str] = []
+        tag = f"{self._path.name}.damaged-{stamp}"
+        n = 1
+        while self._path.with_name(tag).exists():
+            tag, n = f"{self._path.name}.damaged-{stamp}-{n}", n + 1
+        for src, dst in ((self._path, tag), (self._path.with_name(self._path.name + ".wal"), tag + ".wal")):
+            if src.exists():
+                os.replace(src, src.with_name(dst))
+                moved.append(str(src.with_name(dst)))
+        _fsync_dir(self._path.parent)
+        log.error("storefwd: store %s is damaged (%s); moved aside to %s and started a new store",
+                  self._path, error, ", ".join(moved))  # fmt: skip
+        self.damaged = {"path": str(self._path), "moved_to": moved, "error": error}
+        con = self._open_and_load()
+        self._pending_alarm = Event(
+            ts=self._clock_ns(), kind="alarm", priority=0, device="gateway", point="store",
+            message=f"store file was damaged and moved aside to {moved[0] if moved else '?'}; a new store was "
+                    "started (see docs/durability.md to recover its data)",
+            data=json.dumps(self.damaged),
+        )  # fmt: skip
+        return con
+
+    def _open_and_load(self) -> duckdb.DuckDBPyConnection:
+        con = self._connect()
+        self._root = con
+        try:
+            self._load_state()
+        except BaseException:
+            con.close()
+            raise
+        return con
+
     def _connect(self) -> duckdb.DuckDBPyConnection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -290,14 +379,21 @@ class Store:
             for ddl in schema.DDL:
                 con.execute(ddl)
             now = str(time.time_ns())
+            # a new file starts its seqs above seq_floor, so they never repeat those of a file it replaces
+            floor = str(max(0, self._seq_floor))
             for key, value in (
                 (schema.META_SCHEMA_VERSION, str(schema.SCHEMA_VERSION)),
                 (schema.META_STORAGE_VERSION, schema.STORAGE_VERSION),
-                (schema.META_READING_SEQ, "0"),
-                (schema.META_EVENT_SEQ, "0"),
+                (schema.META_READING_SEQ, floor),
+                (schema.META_EVENT_SEQ, floor),
                 (schema.META_CREATED_NS, now),
+                (schema.META_DOWNSAMPLED_SEQ, floor),
+                (schema.META_COMMIT_NO, "0"),
             ):
                 con.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO NOTHING", [key, value])
+            con.execute(
+                "UPDATE meta SET value = ? WHERE key = ?", [str(schema.SCHEMA_VERSION), schema.META_SCHEMA_VERSION]
+            )
             con.execute("COMMIT")
 
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
@@ -305,6 +401,14 @@ class Store:
             e = con.execute("SELECT count(*), max(seq) FROM events").fetchone()
             points = con.execute("SELECT id, name, device, point, unit FROM points ORDER BY id").fetchall()
             outbox = con.execute("SELECT sink, acked_seq FROM outbox").fetchall()
+            holes = con.execute(
+                "SELECT seq_lo, seq_hi, rows_before - rows_after FROM reclaim_log WHERE action = 'downsampled' "
+                "ORDER BY seq_lo"
+            ).fetchall()
+            counts = con.execute(
+                "SELECT action, sum(rows_before - rows_after), sum(events), count(*) FROM reclaim_log GROUP BY action"
+            ).fetchall()
+            gaps = con.execute("SELECT count(*) FROM events WHERE kind = 'gap'").fetchall()[0]
         except StoreError:
             raise
         except duckdb.Error as exc:
@@ -320,6 +424,16 @@ class Store:
             self._infos[int(pid)] = PointInfo(name=name, device=device, point=point, unit=unit)
         self._next_point_id = max(self._infos, default=0) + 1
         self._watermarks = {str(s): int(a) for s, a in outbox}
+        self._ds_seq = int(meta.get(schema.META_DOWNSAMPLED_SEQ, "0"))
+        self._commit_no = int(meta.get(schema.META_COMMIT_NO, "0"))
+        self._holes = [(int(a), int(b), int(c)) for a, b, c in holes if int(b) >= self._first_seq]
+        for action, rows, events, _steps in counts:
+            key = "downsampled_rows" if action == "downsampled" else "evicted_rows"
+            self._reclaim[key] = int(rows or 0)
+            if action == "evicted":
+                self._reclaim["evicted_events"] = int(events or 0)
+        self._reclaim["reclaim_steps"] = sum(int(c[3]) for c in counts)
+        self._reclaim["gap_records"] = int(gaps[0]) if gaps else 0
 
     # ------------------------------------------------------------------------------------------- writes
     def offer(self, batch: ReadingBatch) -> bool:
@@ -416,6 +530,29 @@ class Store:
         self._command(cmd)
         self._wait(cmd.future)
 
+    def ack_events(self, sink: str, seq: int) -> None:
+        """Record that ``sink`` has durably received every event up to ``seq``; like :meth:`ack`, but checked
+        against the last committed *event* seq. Kept in ``outbox`` under ``f"{sink}#events"``. Any thread."""
+        if not isinstance(sink, str) or not sink:
+            raise ValueError("sink must be a non-empty string")
+        self._check_open()
+        seq, key = int(seq), f"{sink}#events"
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        with self._state_lock:
+            if seq > self._event_seq:
+                raise ValueError(f"cannot ack event seq {seq}: last committed event seq is {self._event_seq}")
+            if seq <= self._watermarks.get(key, 0):
+                return
+        cmd = _Ack(key, seq)
+        self._command(cmd)
+        self._wait(cmd.future)
+
+    def event_watermark(self, sink: str) -> int:
+        """Last acked event seq of ``sink`` (0 if it never acked one). Any thread, no I/O."""
+        with self._state_lock:
+            return self._watermarks.get(f"{sink}#events", 0)
+
     def add_event(self, event: Event) -> None:
         """Store one event durably (its priority class is kept). Blocks until committed. Any thread."""
         self.add_events([event])
@@ -501,20 +638,27 @@ class Store:
                     self._queue.clear()
                     self._urgent = False
                 work = _Work()
+                forced: list[_Reclaim] = []
                 for item in items:
                     if item is _SENTINEL:
                         stop = True
                     elif isinstance(item, ReadingBatch):
                         work.batches.append(item)
                         work.rows += len(item)
+                    elif isinstance(item, _Reclaim):
+                        forced.append(item)
                     else:
                         work.commands.append(item)  # type: ignore[arg-type]
+                if self._internal_events:
+                    work.commands.append(_AddEvents(self._internal_events))
+                    self._internal_events = []
                 next_commit_at = time.monotonic() + self._interval_s
                 ok = self._write(work)
+                for rc in forced:
+                    usage = self._measure()
+                    rc.future.set_result(self._reclaim_step(usage) if usage is not None else None)
                 with self._lock:
-                    if ok:
-                        self._queued_rows -= work.rows
-                        self._space_free.notify_all()
+                    if ok:  # (_publish released the rows' queue space before waking the callers)
                         failed_retry = 0
                     else:
                         failed_retry += 1
@@ -533,6 +677,10 @@ class Store:
                                 self._urgent = True
                             pause = min(max(self._interval_s, 0.05) * failed_retry, _MAX_RETRY_PAUSE_S)
                             retry_at = time.monotonic() + pause
+                if ok:
+                    self._write_recovered()
+                    if not stop:
+                        self._maybe_reclaim()
         except BaseException as e:  # pragma: no cover - a bug in the writer; never leave callers hanging
             log.exception("storefwd writer thread crashed")
             self._close_error = StoreWriteError(f"writer thread of {self._path} crashed: {e!r}")
@@ -578,31 +726,275 @@ class Store:
         return not work.rows
 
     def _transaction(self, work: _Work) -> StoreWriteError | None:
-        """Prepare, write and commit ``work``; publish it and resolve its futures. Writer thread only."""
+        """Prepare, write and commit ``work``; publish it and resolve its futures. Writer thread only.
+
+        A fatal DuckDB error (the database is invalidated, e.g. by ENOSPC during a checkpoint) leaves it
+        unknown whether COMMIT reached the WAL: the writer then reopens the file (waiting for space as long as
+        it takes, unless closing) and reads ``meta.commit_no`` to tell, so nothing is written twice or lost.
+        """
         self._prepare(work)
         con = self._wcon
         try:
+            if self._invalid:
+                raise _Invalidated()
             con.execute("BEGIN TRANSACTION")
             self._execute(work)
             con.execute("COMMIT")
-        except duckdb.Error as e:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            with self._state_lock:
-                self._write_errors += 1
-                self._last_error = str(e)
-            log.error("storefwd: write to %s failed: %s", self._path, e)
-            err = StoreWriteError(f"write to {self._path} failed: {e}")
-            err.__cause__ = e
+        except (duckdb.Error, _Invalidated) as e:
+            fatal = isinstance(e, _Invalidated | duckdb.FatalException) or "invalidated" in str(e)
+            if not fatal:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+            if not isinstance(e, _Invalidated):
+                self._note_write_error(e, fatal)
+            if fatal and self._recover() and self._committed_no_or_zero() == work.commit_no:
+                self._publish(work)  # COMMIT had reached the WAL before the failure
+                return None
+            err = StoreWriteError(f"write to {self._path} failed: {self._last_error}")
+            err.__cause__ = e if isinstance(e, duckdb.Error) else None
             return err
         self._publish(work)
         return None
+
+    def _note_write_error(self, e: duckdb.Error, fatal: bool) -> None:
+        text = str(e)
+        full = "no space left" in text.lower() or "disk is full" in text.lower()
+        with self._state_lock:
+            self._write_errors += 1
+            self._last_error = text
+            if fatal:
+                self._invalid = True
+            if full and not self._disk_full_since_ns:
+                self._disk_full_since_ns = self._clock_ns()
+                self._disk_full_events += 1
+        if full:
+            log.error("storefwd: ALARM disk full writing %s: %s (data stays queued; retrying)", self._path, text)
+        else:
+            log.error("storefwd: write to %s failed: %s", self._path, e)
+
+    def _recover(self) -> bool:
+        """Reopen an invalidated database (writer thread). Retries with a growing pause while the file cannot
+        be opened (no space to replay the WAL); gives up only when the store is closing. True when reopened."""
+        pause = 0.05
+        while True:
+            with self._cursor_lock:
+                with contextlib.suppress(duckdb.Error):
+                    self._wcon.close()
+                with contextlib.suppress(duckdb.Error):
+                    self._root.close()
+                try:
+                    self._root = self._connect()
+                    self._wcon = self._root.cursor()
+                    self._wcon.execute("SELECT 1").fetchall()
+                except (StoreError, duckdb.Error) as e:
+                    log.warning("storefwd: cannot reopen %s yet: %s", self._path, e)
+                else:
+                    with self._state_lock:
+                        self._invalid = False
+                    log.warning("storefwd: reopened %s after a fatal write error", self._path)
+                    return True
+            with self._lock:
+                if self._closing:
+                    return False
+                self._work_ready.wait(pause)  # close() notifies: do not sleep through it
+            pause = min(pause * 2, _MAX_RECOVER_PAUSE_S)
+
+    def _committed_no_or_zero(self) -> int:
+        try:
+            rows = self._wcon.execute("SELECT value FROM meta WHERE key = ?", [schema.META_COMMIT_NO]).fetchall()
+            row = rows[0] if rows else None  # (fetchall: an unfinished result keeps a transaction open)
+        except duckdb.Error:
+            return 0
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------------------------------- disk budget
+    def _maybe_reclaim(self) -> None:
+        """Measure usage every ``check_interval_s``; past the high-water mark reclaim (oldest first) until
+        under the low-water mark. Writer thread only; a few steps per call so ingest is never starved."""
+        now = time.monotonic()
+        if now < self._next_reclaim_check:
+            return
+        self._next_reclaim_check = now + self._policy.check_interval_s
+        usage = self._measure()
+        if usage is None or usage.used_bytes <= usage.budget * self._policy.high_water:
+            return
+        target = usage.budget * self._policy.low_water
+        for _ in range(_RECLAIM_STEPS_PER_CALL):
+            with self._lock:
+                if self._closing or self._queued_rows >= self._high_water:
+                    break
+            done = self._reclaim_step(usage)
+            if done is None:
+                if not self._over_budget_alarmed:
+                    self._over_budget_alarmed = True
+                    msg = (f"store uses {usage.used_bytes} bytes of a {usage.budget}-byte budget and holds nothing "
+                           "more that may be evicted (events of priority 0/1 are kept)")  # fmt: skip
+                    log.error("storefwd: ALARM %s", msg)
+                    self._internal_events.append(
+                        Event(ts=self._clock_ns(), kind="alarm", priority=1, device="gateway", point="store",
+                              message=msg)
+                    )  # fmt: skip
+                return
+            try:
+                self._wcon.execute("CHECKPOINT")  # freed blocks become reusable only after a checkpoint
+            except duckdb.Error as e:
+                log.warning("storefwd: checkpoint after reclaiming failed: %s", e)
+            usage = self._measure()
+            if usage is None or usage.used_bytes <= target:
+                self._over_budget_alarmed = False
+                return
+        self._next_reclaim_check = now  # still over: look again after the next commit
+
+    def _measure(self) -> retention.Usage | None:
+        try:
+            usage = retention.measure(self._wcon, str(self._path), self._policy, self._statvfs)
+        except (duckdb.Error, OSError) as e:
+            log.warning("storefwd: cannot measure disk usage of %s: %s", self._path, e)
+            return None
+        with self._state_lock:
+            self._usage = usage
+        return usage
+
+    def _reclaim_step(self, usage: retention.Usage) -> dict[str, Any] | None:
+        """One reclaim transaction: downsample the oldest old raw readings, else evict the oldest readings
+        (or, with no readings left, the oldest low-priority events). Returns the gap record's data; None when
+        nothing may be reclaimed."""
+        with self._state_lock:
+            first, last, ds = self._first_seq, self._last_seq, self._ds_seq
+        chunk = self._policy.chunk_rows
+        cutoff = self._clock_ns() - int(self._policy.downsample_min_age_s * 1e9)
+        lo = max(ds, first - 1)
+        hi: int | None = None
+        if lo < last:
+            try:
+                hi = retention.downsample_end(self._wcon, lo, last, chunk, cutoff)
+            except duckdb.Error as e:
+                log.warning("storefwd: reclaim query failed: %s", e)
+                return None
+        if hi is not None:
+            action, rlo, rhi = "downsampled", lo, hi
+        elif first <= last:
+            action, rlo, rhi = "evicted", first - 1, min(first - 1 + chunk, last)
+        else:
+            action, rlo, rhi = "evicted-events", 0, 0
+        work = _Work(reclaim=lambda con, w: self._reclaim_sql(con, w, action, rlo, rhi, usage))
+        err = self._transaction(work)
+        if err is not None or work.after_publish is None or not work.events:
+            return None
+        data: dict[str, Any] = json.loads(work.events[-1][1].data)
+        return data
+
+    def _reclaim_sql(self, con: duckdb.DuckDBPyConnection, work: _Work, action: str, lo: int, hi: int,
+                     usage: retention.Usage) -> list[Event]:  # fmt: skip
+        """The SQL of one reclaim step, inside its transaction; returns the gap record to store with it."""
+        now = self._clock_ns()
+        if action == "downsampled":
+            res = retention.downsample(con, lo, hi, lambda ids: self._avg_points(con, work, ids))
+            for sink, wm in self.watermarks().items():
+                self._count_partial_hole(con, work, sink, wm, [(lo, hi, 0)])
+        elif action == "evicted":
+            res = retention.evict(con, lo, hi)
+        else:
+            n = retention.evict_events(con, self._policy.chunk_rows // 10)
+            if n == 0:
+                return []
+            res = retention.ChunkResult("evicted", 0, 0, 0, 0, 0, 0, 0, n)
+        removed = res.rows_before - res.rows_after
+        con.execute(
+            "INSERT INTO reclaim_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [res.action, res.lo, res.hi, res.rows_before, res.rows_after, res.ts_from, res.ts_to,
+             res.events_evicted, now],
+        )  # fmt: skip
+        new_ds = max(self._ds_seq, res.hi)
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [str(new_ds), schema.META_DOWNSAMPLED_SEQ])
+        next_first: int | None = None
+        if res.action == "evicted" and res.hi:
+            row = con.execute("SELECT min(seq) FROM readings").fetchone()
+            next_first = int(row[0]) if row and row[0] is not None else None
+
+        def publish() -> None:  # under the state lock, after COMMIT
+            self._ds_seq = new_ds
+            self._rows -= removed
+            self._events -= res.events_evicted
+            self._reclaim["reclaim_steps"] += 1
+            self._reclaim["gap_records"] += 1
+            self._reclaim["evicted_events"] += res.events_evicted
+            if res.action == "downsampled":
+                self._reclaim["downsampled_rows"] += removed
+                self._holes.append((res.lo, res.hi, removed))
+            else:
+                self._reclaim["evicted_rows"] += removed
+                if res.hi:
+                    self._first_seq = next_first if next_first is not None else self._last_seq + 1
+                    self._holes = [h for h in self._holes if h[1] > res.hi]
+
+        work.after_publish = publish
+        sinks = self._sinks if self._sinks is not None else tuple(self._watermarks)
+        unacked = sorted(s for s in sinks if self._watermarks.get(s, 0) < res.hi) if res.hi else []
+        what = (f"{removed} readings downsampled to per-minute min/max/avg/last" if res.action == "downsampled"
+                else f"{removed} readings and {res.events_evicted} low-priority events evicted")  # fmt: skip
+        span = f"seq {res.lo + 1}..{res.hi}, {_iso(res.ts_from)}..{_iso(res.ts_to)}" if res.hi else "events only"
+        reason = f"disk budget: {usage.used_bytes} of {usage.budget} bytes used"
+        cloud = (f"; not yet synced to {', '.join(unacked)}" if unacked
+                 else "; already synced to every sink" if sinks else "; no sink is configured")  # fmt: skip
+        data = {
+            "action": res.action, "seq_from": res.lo + 1 if res.hi else 0, "seq_to": res.hi,
+            "ts_from": res.ts_from, "ts_to": res.ts_to, "rows_before": res.rows_before,
+            "rows_after": res.rows_after, "points": res.points, "events_evicted": res.events_evicted,
+            "reason": reason, "used_bytes": usage.used_bytes, "budget_bytes": usage.budget,
+            "unacked_sinks": unacked,
+        }  # fmt: skip
+        log.warning("storefwd: %s (%s): %s%s", what, span, reason, cloud)
+        return [Event(ts=now, kind="gap", priority=0, device="gateway", point="store",
+                      message=f"{what} ({span}): {reason}{cloud}", data=json.dumps(data))]  # fmt: skip
+
+    def _avg_points(self, con: duckdb.DuckDBPyConnection, work: _Work, raw_ids: list[int]) -> dict[int, int]:
+        """Derived average point id of each raw point id; registers missing ones in the current transaction."""
+        out: dict[int, int] = {}
+        new: list[tuple[int, PointInfo]] = []
+        with self._state_lock:
+            infos, names, nxt = self._infos, self._points_by_name, self._next_point_id
+            for rid in raw_ids:
+                info = infos.get(rid)
+                if info is None:
+                    continue
+                name = info.name + retention.AVG_SUFFIX
+                pid = names.get(name)
+                if pid is None:
+                    pid, nxt = nxt, nxt + 1
+                    names_new = PointInfo(name, info.device, info.point + retention.AVG_SUFFIX, info.unit)
+                    new.append((pid, names_new))
+                out[rid] = pid
+        if new:
+            con.executemany(  # one row per new derived point (few, once per point)
+                "INSERT INTO points VALUES (?, ?, ?, ?, ?)",
+                [(pid, p.name, p.device, p.point, p.unit) for pid, p in new],
+            )
+            work.reclaim_points.extend(new)
+        return out
+
+    def _write_recovered(self) -> None:
+        """After a successful commit: end a disk-full episode with an alarm event saying how long it lasted."""
+        with self._state_lock:
+            since = self._disk_full_since_ns
+            self._disk_full_since_ns = 0
+        if since:
+            now = self._clock_ns()
+            secs = (now - since) / 1e9
+            log.warning("storefwd: disk space is back for %s after %.1f s; nothing was lost", self._path, secs)
+            self._internal_events.append(
+                Event(ts=now, kind="alarm", priority=1, device="gateway", point="store",
+                      message=f"store could not write for {secs:.1f} s (disk full); readings were held in the "
+                              "queue and are now committed",
+                      data=json.dumps({"since_ns": since, "until_ns": now, "path": str(self._path)}))
+            )  # fmt: skip
 
     def _prepare(self, work: _Work) -> None:
         """Assign seqs and point ids from the committed state (no SQL). Writer thread only."""
         registering = any(isinstance(c, _Register) for c in work.commands)
         with self._state_lock:
             work.first_seq = self._last_seq + 1
+            work.commit_no = self._commit_no + 1
             next_event = self._event_seq + 1
             next_point = self._next_point_id
             # private copies only when registering: the point maps may hold many thousand entries
@@ -636,6 +1028,11 @@ class Store:
     def _execute(self, work: _Work) -> None:
         """Run the SQL of one transaction (inside BEGIN/COMMIT). Writer thread only."""
         con = self._wcon
+        if work.reclaim is not None:
+            base = work.events[-1][0] if work.events else self.last_event_seq()
+            for i, ev in enumerate(work.reclaim(con, work), start=1):
+                work.events.append((base + i, ev))
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [str(work.commit_no), schema.META_COMMIT_NO])
         if work.rows:
             n = work.rows
             seq = np.arange(work.first_seq, work.first_seq + n, dtype=np.int64)
@@ -693,6 +1090,7 @@ class Store:
                 "updated_ns = excluded.updated_ns",
                 [sink, acked, now],
             )
+            self._count_partial_hole(con, work, sink, acked)
         if work.events:
             evs = pa.table(
                 {
@@ -718,6 +1116,14 @@ class Store:
     def _publish(self, work: _Work) -> None:
         """After COMMIT: update the in-memory committed state, then wake the callers. Writer thread only."""
         with self._state_lock:
+            self._commit_no = work.commit_no
+            self._partial_holes.update(work.partial_holes)
+            for pid, p in work.reclaim_points:
+                self._points_by_name[p.name] = pid
+                self._infos[pid] = p
+                self._next_point_id = max(self._next_point_id, pid + 1)
+            if work.after_publish is not None:
+                work.after_publish()
             if work.rows:
                 self._last_seq = work.first_seq + work.rows - 1
                 self._rows += work.rows
@@ -735,6 +1141,10 @@ class Store:
             self._commits += 1
             self._last_commit_ns = time.time_ns()
             last_seq = self._last_seq
+        if work.rows:  # committed rows leave the queue bound before anyone is told they are committed
+            with self._lock:
+                self._queued_rows -= work.rows
+                self._space_free.notify_all()
         reg = iter(work.register_results)
         evr = iter(work.event_results)
         for cmd in work.commands:
@@ -744,7 +1154,7 @@ class Store:
                 cmd.future.set_result(next(evr))
             elif isinstance(cmd, _Ack):
                 cmd.future.set_result(None)
-            else:
+            elif isinstance(cmd, _Flush):
                 cmd.future.set_result(last_seq)
 
     # ------------------------------------------------------------------------------------------- reads
@@ -802,8 +1212,75 @@ class Store:
     def backlog(self, sink: str) -> int:
         """Committed readings after the sink's watermark that are still in the file. Any thread, no I/O."""
         with self._state_lock:
-            start = max(self._watermarks.get(sink, 0) + 1, self._first_seq)
-            return max(0, self._last_seq - start + 1)
+            return self._backlog_locked(sink)
+
+    def _backlog_locked(self, sink: str) -> int:
+        start = max(self._watermarks.get(sink, 0) + 1, self._first_seq)
+        removed = 0.0  # rows downsampled away at or after start
+        partial = self._partial_holes.get(sink)
+        for lo, hi, n in self._holes:
+            if lo + 1 >= start:
+                removed += n
+            elif hi >= start:  # start inside this range: counted at ack time, else prorated
+                exact = partial is not None and partial[0] == start - 1
+                removed += partial[1] if exact and partial is not None else n * (hi - start + 1) / (hi - lo)
+        return max(0, self._last_seq - start + 1 - int(removed))
+
+    def reclaim_step(self, timeout: float | None = 60.0) -> dict[str, Any] | None:
+        """Run one reclaim step now, whatever the usage (tools and tests; the writer does it by itself past
+        the high-water mark). Returns the gap record's data (``action`` "downsampled" or "evicted", seq and
+        ts range, rows before/after, ``unacked_sinks``), or None when nothing may be reclaimed. Blocks."""
+        cmd = _Reclaim()
+        self._command(cmd)
+        result: dict[str, Any] | None = self._wait(cmd.future, timeout)
+        return result
+
+    def _count_partial_hole(self, con: duckdb.DuckDBPyConnection, work: _Work, sink: str, wm: int,
+                            holes: list[tuple[int, int, int]] | None = None) -> None:  # fmt: skip
+        """When watermark ``wm`` falls inside a downsampled range, count exactly how many of the range's rows
+        after it were removed, so backlog() stays exact. Writer thread, inside the transaction."""
+        for lo, hi, _n in holes if holes is not None else self._holes:
+            if lo < wm < hi:
+                kept = con.execute(
+                    "SELECT count(*) FROM readings WHERE seq > ? AND seq <= ?", [wm, hi]
+                ).fetchall()[0][0]
+                work.partial_holes[sink] = (wm, (hi - wm) - int(kept))
+                return
+
+    def set_sinks(self, names: Sequence[str]) -> None:
+        """The configured sinks: reclaiming judges "not yet synced" against their watermarks (a sink that never
+        acked has watermark 0). Without this call, the sinks that ever acked count. Any thread, no I/O."""
+        with self._state_lock:
+            self._sinks = tuple(names)
+
+    def sink_stats(self, sink: str) -> dict[str, int | float]:
+        """Backlog figures of one sink for metrics and the panel. Any thread; one small read when the
+        watermark moved since the last call (the oldest unacked timestamp), else no I/O.
+
+        backlog_rows; backlog_bytes (estimate: rows × the store's bytes per row); oldest_ts (epoch ns of the
+        first unacked reading, 0 when none); oldest_age_s (by the store's clock); acked_seq.
+        """
+        with self._state_lock:
+            rows = self._backlog_locked(sink)
+            wm = self._watermarks.get(sink, 0)
+            usage = self._usage
+            total = max(self._rows, 1)
+        per_row = (usage.used_bytes / total) if usage is not None else 9.0  # ≈ bytes per reading on disk
+        oldest = 0
+        if rows:
+            cached = self._oldest_cache.get(sink)
+            if cached is not None and cached[0] == wm:
+                oldest = cached[1]
+            else:
+                with contextlib.suppress(StoreError), self._reader() as cur:
+                    row = cur.execute(
+                        "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", [wm]
+                    ).fetchone()
+                    oldest = int(row[0]) if row else 0
+                    self._oldest_cache[sink] = (wm, oldest)
+        age = max(0.0, (self._clock_ns() - oldest) / 1e9) if oldest else 0.0
+        return {"backlog_rows": rows, "backlog_bytes": int(rows * per_row), "oldest_ts": oldest,
+                "oldest_age_s": age, "acked_seq": wm}  # fmt: skip
 
     def read_after(self, sink: str, after_seq: int, limit: int) -> pa.Table:
         """Committed readings with ``seq > after_seq`` ordered by seq, at most ``limit`` rows.
@@ -855,14 +1332,33 @@ class Store:
             return AGGREGATE_SCHEMA.empty_table()
         where = "ts >= $start AND ts < $end AND (quality & 3) IN (0, 3) AND NOT isnan(value)"
         params: dict[str, object] = {"start": int(start_ns), "end": int(end_ns), "bucket": int(bucket_ns)}
+        ids_filter = ""
         if point_ids is not None:
-            where += " AND list_contains($ids, point_id)"
+            ids_filter = " AND list_contains($ids, point_id)"
             params["ids"] = [int(i) for i in point_ids]
-        sql = (
-            "SELECT point_id, (ts // $bucket) * $bucket AS bucket_ns, min(value) AS min, max(value) AS max, "
-            "avg(value) AS avg, arg_max(value, ts) AS last, count(*) AS count "
-            f"FROM readings WHERE {where} GROUP BY ALL ORDER BY point_id, bucket_ns"
-        )
+        with self._state_lock:
+            ds_seq, downsampled = self._ds_seq, bool(self._reclaim["downsampled_rows"] or self._holes)
+        if not downsampled:
+            sql = (
+                "SELECT point_id, (ts // $bucket) * $bucket AS bucket_ns, min(value) AS min, max(value) AS max, "
+                "avg(value) AS avg, arg_max(value, ts) AS last, count(*) AS count "
+                f"FROM readings WHERE {where}{ids_filter} GROUP BY ALL ORDER BY point_id, bucket_ns"
+            )
+        else:
+            # raw readings after the downsampled range, plus the per-minute summaries of the range (a minute
+            # lands in the bucket holding its start; buckets shorter than a minute see whole minutes)
+            params["ds"] = ds_seq
+            sql = (
+                "WITH raw AS (SELECT point_id, (ts // $bucket) * $bucket AS b, min(value) AS mn, max(value) AS mx, "
+                "sum(value) AS sm, count(*)::BIGINT AS n, arg_max(value, ts) AS lst, max(ts) AS lts FROM readings "
+                f"WHERE seq > $ds AND {where}{ids_filter} GROUP BY ALL), "
+                "m AS (SELECT point_id, (bucket_ns // $bucket) * $bucket AS b, min(min) AS mn, max(max) AS mx, "
+                "sum(avg * count) AS sm, sum(count)::BIGINT AS n, arg_max(last, last_ts) AS lst, max(last_ts) AS lts "
+                f"FROM readings_1m WHERE bucket_ns >= $start AND bucket_ns < $end{ids_filter} GROUP BY ALL) "
+                "SELECT point_id, b AS bucket_ns, min(mn) AS min, max(mx) AS max, sum(sm) / sum(n) AS avg, "
+                "arg_max(lst, lts) AS last, sum(n)::BIGINT AS count FROM (SELECT * FROM raw UNION ALL SELECT * FROM m) "
+                "GROUP BY ALL ORDER BY point_id, bucket_ns"
+            )
         with self._reader() as cur:
             tbl = cur.sql(sql, params=params).to_arrow_table()
         return tbl.cast(AGGREGATE_SCHEMA)
@@ -896,7 +1392,10 @@ class Store:
 
         rows: committed readings in the file; last_seq; first_seq; queued_rows (accepted, not yet committed);
         queue_rows (the bound); rejected_offers; commits; last_commit_ns (wall clock, epoch ns; 0 = never);
-        events; last_event_seq; write_errors; file_bytes; disk_budget_bytes; over_budget (0/1); points.
+        events; last_event_seq; write_errors; file_bytes; points; the disk budget (measured by the writer every
+        ``check_interval_s``): used_bytes (DuckDB used blocks + WAL), disk_budget_bytes (effective budget),
+        fs_free_bytes, over_budget (0/1); reclaiming: downsampled_rows, evicted_rows, evicted_events,
+        gap_records, reclaim_steps, downsampled_seq; disk_full (0/1), disk_full_since_ns, disk_full_episodes.
         """
         with self._lock:
             queued = self._queued_rows
@@ -916,10 +1415,20 @@ class Store:
                 "write_errors": self._write_errors,
                 "points": len(self._infos),
             }
+            out.update(self._reclaim)
+            out["disk_full"] = int(bool(self._disk_full_since_ns))
+            out["disk_full_since_ns"] = self._disk_full_since_ns
+            out["disk_full_episodes"] = self._disk_full_events
+            out["downsampled_seq"] = self._ds_seq
+            usage = self._usage
         fb = self.file_bytes()
         out["file_bytes"] = fb
-        out["disk_budget_bytes"] = self._budget_bytes
-        out["over_budget"] = int(fb > self._budget_bytes)
+        budget = usage.budget if usage is not None else self._budget_bytes
+        used = usage.used_bytes if usage is not None else fb
+        out["used_bytes"] = used
+        out["disk_budget_bytes"] = budget
+        out["fs_free_bytes"] = usage.fs_free_bytes if usage is not None else 0
+        out["over_budget"] = int(used > budget)
         return out
 
 
@@ -934,3 +1443,18 @@ def _check_batch(batch: ReadingBatch) -> int:
             "ReadingBatch columns must be 1-D int64/int32/float64/uint16 (build it with ReadingBatch.of)"
         )
     return len(batch)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _iso(ts_ns: int) -> str:
+    """UTC ISO-8601 of an epoch-ns timestamp, to the second (for messages)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_ns / 1e9)) if ts_ns else "?"
