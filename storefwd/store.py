@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -259,14 +260,15 @@ class Store:
         self._close_error: StoreError | None = None
 
         self.damaged: dict[str, Any] | None = None  # set when a damaged file was moved aside at open
-        self._pending_alarm: Event | None = None  # committed by the constructor once the writer runs
+        self._pending_events: list[Event] = []  # alarms/gap records of the opening, committed once the writer runs
+        self._mark_path = self._path.with_name(self._path.name + ".seq")
         self._root = self._open_or_move_aside(on_damage)
         self._wcon = self._root.cursor()  # the writer's own connection; only the writer thread uses it
         self._writer = threading.Thread(target=self._run, name="storefwd-writer", daemon=True)
         self._writer.start()
-        if self._pending_alarm is not None:
-            self.add_event(self._pending_alarm)
-            self._pending_alarm = None
+        if self._pending_events:
+            self.add_events(self._pending_events)
+            self._pending_events = []
 
     @classmethod
     def open(
@@ -309,10 +311,15 @@ class Store:
         try:
             return self._open_and_load()
         except StoreCorrupt as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._path.with_name(self._path.name + ".wal.opening"))
             if on_damage != "move_aside":
                 raise
             error = str(e)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock_ns() / 1e9))
+        mark = self._read_mark()
+        if mark:  # the new file's seqs start above everything the damaged one committed
+            self._seq_floor = max(self._seq_floor, *mark)
         moved: list[str] = []
         tag = f"{self._path.name}.damaged-{stamp}"
         n = 1
@@ -327,15 +334,28 @@ class Store:
                   self._path, error, ", ".join(moved))  # fmt: skip
         self.damaged = {"path": str(self._path), "moved_to": moved, "error": error}
         con = self._open_and_load()
-        self._pending_alarm = Event(
+        self._pending_events.append(Event(
             ts=self._clock_ns(), kind="alarm", priority=0, device="gateway", point="store",
             message=f"store file was damaged and moved aside to {moved[0] if moved else '?'}; a new store was "
                     "started (see docs/durability.md to recover its data)",
             data=json.dumps(self.damaged),
-        )  # fmt: skip
+        ))  # fmt: skip
         return con
 
     def _open_and_load(self) -> duckdb.DuckDBPyConnection:
+        """Open the file and load its state, checking it against the seq mark (see :meth:`_write_mark`).
+
+        DuckDB may replay a damaged WAL only up to the damage and go on without a word. The WAL is copied
+        before opening; if the file then holds fewer seqs than the mark says were committed, the copy is kept
+        as ``<name>.wal.damaged-<UTC time>``, the lost seq range is recorded (alarm + gap record, priority 0)
+        and new seqs continue above the mark so none is ever reused.
+        """
+        wal = self._path.with_name(self._path.name + ".wal")
+        wal_copy = self._path.with_name(self._path.name + ".wal.opening")
+        has_wal = wal.exists() and wal.stat().st_size > 0
+        if has_wal:
+            shutil.copyfile(wal, wal_copy)
+        mark = self._read_mark()
         con = self._connect()
         self._root = con
         try:
@@ -343,7 +363,74 @@ class Store:
         except BaseException:
             con.close()
             raise
+        lost_readings = mark[0] - self._last_seq if mark else 0
+        lost_events = mark[1] - self._event_seq if mark else 0
+        if has_wal and (lost_readings > 0 or lost_events > 0):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock_ns() / 1e9))
+            kept = self._path.with_name(f"{self._path.name}.wal.damaged-{stamp}")
+            os.replace(wal_copy, kept)
+            self._wal_loss(con, mark, lost_readings, lost_events, kept)  # type: ignore[arg-type]
+        elif has_wal:
+            os.remove(wal_copy)
+        elif mark and (lost_readings > 0 or lost_events > 0):
+            # the file holds less than was committed and there is no WAL to blame: never reuse those seqs
+            self._wal_loss(con, mark, lost_readings, lost_events, None)
         return con
+
+    def _wal_loss(self, con: duckdb.DuckDBPyConnection, mark: tuple[int, int], lost_readings: int,
+                  lost_events: int, kept: Path | None) -> None:  # fmt: skip
+        """Record committed transactions the file no longer holds and move the seqs above them."""
+        first_r, first_e = self._last_seq + 1, self._event_seq + 1
+        con.execute("BEGIN TRANSACTION")
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [str(max(mark[0], self._last_seq)),
+                                                                  schema.META_READING_SEQ])  # fmt: skip
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [str(max(mark[1], self._event_seq)),
+                                                                  schema.META_EVENT_SEQ])  # fmt: skip
+        con.execute("COMMIT")
+        self._last_seq = max(mark[0], self._last_seq)
+        self._event_seq = max(mark[1], self._event_seq)
+        if self._rows == 0:
+            self._first_seq = self._last_seq + 1
+        where = f"; the damaged WAL is kept as {kept}" if kept else ""
+        data = {"action": "lost", "seq_from": first_r if lost_readings > 0 else 0,
+                "seq_to": mark[0] if lost_readings > 0 else 0, "readings": max(0, lost_readings),
+                "event_seq_from": first_e if lost_events > 0 else 0, "events": max(0, lost_events),
+                "reason": "store WAL damaged: committed transactions could not be replayed",
+                "kept": str(kept) if kept else ""}  # fmt: skip
+        msg = (f"{max(0, lost_readings)} readings (seq {first_r}..{mark[0]}) and {max(0, lost_events)} events "
+               f"committed before the restart are not in {self._path}{where}")  # fmt: skip
+        log.error("storefwd: ALARM %s", msg)
+        now = self._clock_ns()
+        self._pending_events += [
+            Event(ts=now, kind="alarm", priority=0, device="gateway", point="store", message=msg,
+                  data=json.dumps(data)),
+            Event(ts=now, kind="gap", priority=0, device="gateway", point="store", message=msg,
+                  data=json.dumps(data)),
+        ]  # fmt: skip
+        self.damaged = {"path": str(self._path), "moved_to": [str(kept)] if kept else [], "error": msg}
+
+    def _read_mark(self) -> tuple[int, int] | None:
+        """The (reading seq, event seq) mark of the last commit, None when absent or unreadable."""
+        try:
+            text = self._mark_path.read_text()
+            r, e = text.split()
+            return int(r), int(e)
+        except (OSError, ValueError):
+            return None
+
+    def _write_mark(self) -> None:
+        """After each commit: write the committed seqs to ``<name>.seq`` (writer thread).
+
+        Not fsynced, on purpose: written after DuckDB's COMMIT returned (WAL fsynced), so whatever of it reaches
+        the disk never claims more than the file holds — unless the file lost committed data, which is what
+        :meth:`_open_and_load` checks.
+        """
+        tmp = self._mark_path.with_name(self._mark_path.name + ".tmp")
+        try:
+            tmp.write_text(f"{self._last_seq} {self._event_seq}\n")
+            os.replace(tmp, self._mark_path)
+        except OSError as e:  # a full disk: the next commit writes it again
+            log.debug("storefwd: cannot write %s: %s", self._mark_path, e)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -1141,6 +1228,7 @@ class Store:
             self._commits += 1
             self._last_commit_ns = time.time_ns()
             last_seq = self._last_seq
+        self._write_mark()
         if work.rows:  # committed rows leave the queue bound before anyone is told they are committed
             with self._lock:
                 self._queued_rows -= work.rows
