@@ -1069,12 +1069,12 @@ class Store:
             now = self._clock_ns()
             secs = (now - since) / 1e9
             log.warning("storefwd: disk space is back for %s after %.1f s; nothing was lost", self._path, secs)
-            self._internal_events.append(
-                Event(ts=now, kind="alarm", priority=1, device="gateway", point="store",
-                      message=f"store could not write for {secs:.1f} s (disk full); readings were held in the "
-                              "queue and are now committed",
-                      data=json.dumps({"since_ns": since, "until_ns": now, "path": str(self._path)}))
-            )  # fmt: skip
+            ev = Event(ts=now, kind="alarm", priority=1, device="gateway", point="store",
+                       message=f"store could not write for {secs:.1f} s (disk full); readings were held in the "
+                               "queue and are now committed",
+                       data=json.dumps({"since_ns": since, "until_ns": now, "path": str(self._path)}))  # fmt: skip
+            if self._transaction(_Work(commands=[_AddEvents([ev])])) is not None:
+                self._internal_events.append(ev)  # with the next commit
 
     def _prepare(self, work: _Work) -> None:
         """Assign seqs and point ids from the committed state (no SQL). Writer thread only."""
@@ -1143,8 +1143,9 @@ class Store:
             con.register(_READINGS_VIEW, tbl)
             try:
                 con.execute(f"INSERT INTO readings SELECT * FROM {_READINGS_VIEW}")
-            finally:
-                con.unregister(_READINGS_VIEW)
+            finally:  # (an error here would hide the one that aborted the transaction)
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(_READINGS_VIEW)
             con.execute(
                 "UPDATE meta SET value = ? WHERE key = ?",
                 [str(work.first_seq + n - 1), schema.META_READING_SEQ],
@@ -1162,8 +1163,9 @@ class Store:
             con.register(_POINTS_VIEW, pts)
             try:
                 con.execute(f"INSERT INTO points SELECT id, name, device, point, unit FROM {_POINTS_VIEW}")
-            finally:
-                con.unregister(_POINTS_VIEW)
+            finally:  # (an error here would hide the one that aborted the transaction)
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(_POINTS_VIEW)
         for pid, p in work.changed_points:
             con.execute(
                 "UPDATE points SET device = ?, point = ?, unit = ? WHERE id = ?",
@@ -1194,8 +1196,9 @@ class Store:
             con.register(_EVENTS_VIEW, evs)
             try:
                 con.execute(f"INSERT INTO events SELECT * FROM {_EVENTS_VIEW}")
-            finally:
-                con.unregister(_EVENTS_VIEW)
+            finally:  # (an error here would hide the one that aborted the transaction)
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(_EVENTS_VIEW)
             con.execute(
                 "UPDATE meta SET value = ? WHERE key = ?", [str(work.events[-1][0]), schema.META_EVENT_SEQ]
             )
