@@ -29,6 +29,7 @@ from gateway.latest import LatestTable
 from gateway.model import Event, PointInfo, ReadingBatch
 from gateway.runner import LinkRunner
 from gateway.session_runner import SessionRunner
+from storefwd.retention import RetentionPolicy
 from storefwd.store import Store
 
 if TYPE_CHECKING:  # imported when used: a gateway without sinks/panel never loads httpx/uvicorn/starlette
@@ -88,15 +89,31 @@ class Gateway:
         self.started_wall_ns = self.wall_ns()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         tune_process_memory()
+        st = cfg.storage
         self.store = await asyncio.to_thread(
             Store,
             cfg.store_path,
-            commit_interval_ms=cfg.storage.commit_interval_ms,
-            queue_rows=cfg.storage.queue_rows,
-            disk_budget_mb=cfg.storage.disk_budget_mb,
-            checkpoint_threshold_mb=cfg.storage.checkpoint_threshold_mb,
-            memory_limit_mb=cfg.storage.memory_limit_mb,
+            commit_interval_ms=st.commit_interval_ms,
+            queue_rows=st.queue_rows,
+            checkpoint_threshold_mb=st.checkpoint_threshold_mb,
+            memory_limit_mb=st.memory_limit_mb,
+            retention_policy=RetentionPolicy(
+                budget_bytes=int(st.disk_budget_mb * 1024 * 1024),
+                budget_percent=st.disk_budget_percent,
+                high_water=st.high_water_percent / 100.0,
+                low_water=st.low_water_percent / 100.0,
+                downsample_min_age_s=st.downsample_after_s,
+                reserve_free_bytes=int(st.reserve_free_mb * 1024 * 1024),
+            ),
+            # a damaged file is kept aside and the gateway goes on with a new one (docs/durability.md); a new
+            # file numbers its readings from the current time in µs, so its seqs never repeat those of a file
+            # it replaces (the receiver lands each (gateway, seq) once)
+            on_damage="move_aside",
+            seq_floor=self.wall_ns() // 1000,
         )
+        self.store.set_sinks([s.name for s in cfg.sinks])
+        if self.store.damaged is not None:
+            log.error("store damaged at start: %s (an alarm event records it)", self.store.damaged["error"])
         self.points = [
             PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit) for _, dev in cfg.devices() for p in dev.points
         ]
@@ -129,7 +146,12 @@ class Gateway:
         if cfg.sinks:
             from cloud_sync.uploader import Uploader
         for sink in cfg.sinks:
-            up = Uploader(self.store, sink, cfg.id, transport=self._sink_transport)
+            if sink.type == "mqtt":  # paho is imported only when an MQTT sink is configured
+                from cloud_sync.mqtt_sink import MqttDelivery
+
+                up = Uploader(self.store, sink, cfg.id, delivery=MqttDelivery(sink, cfg.id))
+            else:
+                up = Uploader(self.store, sink, cfg.id, transport=self._sink_transport)
             self.uploaders.append(up)
             self._tasks.append(asyncio.create_task(up.run(), name=f"sink-{sink.name}"))
 

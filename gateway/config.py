@@ -41,6 +41,7 @@ Protocol = Literal["modbus_tcp", "modbus_rtu", "dnp3_tcp", "iec61850"]
 # TCP port a link gets when its table has no ``port`` key.
 DEFAULT_PORTS: dict[str, int] = {"modbus_tcp": 502, "dnp3_tcp": 20000, "iec61850": 102}
 Parity = Literal["N", "E", "O"]
+SinkType = Literal["http", "mqtt"]  # how a sink delivers batches
 
 # Registers (16-bit words) each data type occupies; bool is one bit (coil/discrete) or one register (!=0).
 DTYPE_WORDS: dict[str, int] = {
@@ -143,12 +144,17 @@ class StorageConfig:
     queue_rows: int = 1_000_000  # bound of the writer queue in rows (back-pressure beyond it)
     checkpoint_threshold_mb: float = 4.0  # WAL size (MiB) that triggers a checkpoint; bounds WAL rows held in RAM
     memory_limit_mb: int = 256  # ceiling of DuckDB's buffer pool in MiB (0 = DuckDB default, 80 % of RAM)
+    disk_budget_percent: float = 0.0  # also at most this % of the store's filesystem (0 = no such bound)
+    high_water_percent: float = 90.0  # reclaim space once usage passes this % of the budget
+    low_water_percent: float = 80.0  # ... until usage is under this % of the budget
+    downsample_after_s: float = 600.0  # only readings older than this are downsampled when reclaiming
+    reserve_free_mb: float = 64.0  # never let the store fill its filesystem beyond this much free space
 
 
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
     name: str  # sink name; its watermark is stored under this name
-    url: str  # ingestion endpoint, e.g. http://127.0.0.1:8081/v1/batches
+    url: str  # http(s):// ingestion endpoint, or mqtts://host:port for type = "mqtt"
     token: str = ""  # bearer token sent to the endpoint
     batch_size: int = 50_000  # most readings per upload
     max_interval_s: float = 1.0  # upload at least this often when rows are waiting
@@ -159,6 +165,12 @@ class SinkConfig:
     cert_file: Path | None = None  # PEM client certificate (X.509 device identity), with key_file
     key_file: Path | None = None  # PEM private key of cert_file
     progress_log_s: float = 30.0  # while a backlog drains, log rows left and ETA this often (0 = never)
+    type: SinkType = "http"  # transport: "http" (POST, docs/ingestion.md) or "mqtt" (MQTT v5, docs/mqtt-uplink.md)
+    topic_prefix: str = "gw"  # mqtt: batches are published to <topic_prefix>/<gateway id>/batches
+    qos: int = 1  # mqtt: QoS of the publishes; only 1 (the PUBACK advances the watermark)
+    keepalive_s: int = 30  # mqtt: keep-alive interval in seconds (a dead connection is noticed within 1.5x)
+    client_id: str = ""  # mqtt: MQTT client id ("" = the gateway id)
+    max_payload_bytes: int = 8_388_608  # mqtt: largest batch payload; keep it below the broker's message limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -335,6 +335,17 @@ class _Loader:
         mem = kw.get("memory_limit_mb", 256)
         if mem != 0 and not 32 <= mem <= 1_048_576:
             self.err("storage.memory_limit_mb", "must be 0 (DuckDB default) or 32..1048576")
+        if not 0 <= kw.get("disk_budget_percent", 0.0) <= 100:
+            self.err("storage.disk_budget_percent", "must be 0..100 (0 = no bound from the filesystem size)")
+        low, high = kw.get("low_water_percent", 80.0), kw.get("high_water_percent", 90.0)
+        if not 0 < low < high <= 100:
+            self.err(
+                "storage.low_water_percent",
+                f"need 0 < low_water_percent ({low}) < high_water_percent ({high}) <= 100",
+            )
+        for f in ("downsample_after_s", "reserve_free_mb"):
+            if kw.get(f, 0.0) < 0:
+                self.err(f"storage.{f}", "must be >= 0")
         return StorageConfig(**kw)
 
     def sinks(self, raw: Any, base_dir: Path) -> list[SinkConfig]:
@@ -352,7 +363,9 @@ class _Loader:
             if kw["name"] in seen:
                 self.err(f"{key}.name", f"duplicate sink name {kw['name']!r}")
             seen.add(kw["name"])
-            if not str(kw["url"]).startswith(("http://", "https://")):
+            if kw.get("type", "http") == "mqtt":
+                self.mqtt_sink(kw, key)
+            elif not str(kw["url"]).startswith(("http://", "https://")):
                 self.err(f"{key}.url", f"expected an http:// or https:// URL, got {kw['url']!r}")
             if kw.get("batch_size", 1) < 1:
                 self.err(f"{key}.batch_size", "must be >= 1")
@@ -371,6 +384,47 @@ class _Loader:
                 self.err(f"{key}.cert_file", "cert_file and key_file go together (client certificate and its key)")
             out.append(SinkConfig(**kw))
         return out
+
+    def mqtt_sink(self, kw: dict[str, Any], key: str) -> None:
+        """Checks of a ``type = "mqtt"`` sink (docs/mqtt-uplink.md): URL, QoS, TLS identity, payload bound."""
+        from cloud_sync.mqtt_sink import WORST_CASE_ROW_BYTES, parse_mqtt_url
+
+        try:
+            endpoint = parse_mqtt_url(str(kw["url"]))
+        except ValueError as e:
+            self.err(f"{key}.url", str(e))
+            endpoint = None
+        if kw.get("qos", 1) != 1:
+            self.err(f"{key}.qos", f"must be 1 (the PUBACK of a QoS 1 publish advances the watermark), got {kw['qos']}")
+        if kw.get("token"):
+            self.err(f"{key}.token", 'not used by type = "mqtt": the gateway\'s identity is its client certificate')
+        ka = kw.get("keepalive_s", 30)
+        if not 5 <= ka <= 65535:
+            self.err(f"{key}.keepalive_s", f"must be 5..65535 seconds, got {ka}")
+        prefix = kw.get("topic_prefix", "gw")
+        if not prefix or any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+            self.err(f"{key}.topic_prefix", f"must be a non-empty topic without wildcards or outer '/', got {prefix!r}")
+        cid = kw.get("client_id", "")
+        if len(cid.encode()) > 65535:
+            self.err(f"{key}.client_id", "longer than MQTT allows (65535 bytes)")
+        limit = kw.get("max_payload_bytes", 8_388_608)
+        if not 65536 <= limit <= 268_435_455:
+            self.err(f"{key}.max_payload_bytes", f"must be 65536..268435455 (MQTT's limit), got {limit}")
+        elif kw.get("batch_size", 50_000) * WORST_CASE_ROW_BYTES > limit:
+            self.err(
+                f"{key}.batch_size",
+                f"batch_size x {WORST_CASE_ROW_BYTES} bytes (worst case per reading) exceeds max_payload_bytes "
+                f"({limit}): lower batch_size or raise max_payload_bytes (below the broker's message limit)",
+            )
+        if endpoint is not None and endpoint.tls and kw.get("cert_file") is None:
+            self.err(
+                f"{key}.cert_file",
+                "required for mqtts:// (the gateway's X.509 identity; its CN is the gateway id), with key_file",
+            )
+        if endpoint is not None and not endpoint.tls:
+            for f in ("ca_file", "cert_file", "key_file"):
+                if kw.get(f) is not None:
+                    self.err(f"{key}.{f}", "only used with mqtts:// (TLS)")
 
     def templates(self, raw: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(raw, dict):
