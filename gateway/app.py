@@ -302,6 +302,14 @@ class Gateway:
         return len(events)
 
     # -- status -------------------------------------------------------------------------------------------------
+    def _sink_status(self, up: Any) -> dict[str, Any]:
+        """The uploader's status plus the store's backlog figures of that sink (bytes, oldest age)."""
+        out: dict[str, Any] = dict(up.status())
+        if self.store is not None:
+            st = self.store.sink_stats(up.sink.name)
+            out.update(backlog_bytes=st["backlog_bytes"], oldest_ts=st["oldest_ts"], oldest_age_s=st["oldest_age_s"])
+        return out
+
     def status(self) -> dict[str, Any]:
         """Snapshot for the status page and ``/api/status`` (JSON-serialisable)."""
         store_stats: dict[str, Any] = dict(self.store.stats()) if self.store is not None else {}
@@ -310,7 +318,7 @@ class Gateway:
             "started_ns": self.started_wall_ns,
             "now_ns": self.wall_ns(),
             "devices": [d for r in self.runners for d in r.status()],
-            "sinks": [u.status() for u in self.uploaders],
+            "sinks": [self._sink_status(u) for u in self.uploaders],
             "store": store_stats,
             "emit_backpressure": self.emit_backpressure,
             "protection": self.protection.status() if self.protection is not None else None,

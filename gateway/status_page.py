@@ -43,6 +43,14 @@ def _fmt_age(now_ns: int, ts_ns: int) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
 def _fmt_value(v: float) -> str:
     if v != v:  # NaN
         return "—"
@@ -96,7 +104,8 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
     sink_rows = "".join(
         f"<tr><td>{e(str(s.get('sink', s.get('name', ''))))}</td>"
         f"<td class='{'ok' if s.get('state') in ('ok', 'idle') else 'bad'}'>{e(str(s.get('state', '')))}</td>"
-        f"<td class='num'>{s.get('backlog', 0)}</td><td class='num'>{s.get('last_ack_seq', 0)}</td>"
+        f"<td class='num'>{s.get('backlog', 0)}</td><td class='num'>{_fmt_bytes(int(s.get('backlog_bytes') or 0))}</td>"
+        f"<td>{_fmt_age(now, int(s.get('oldest_ts') or 0)) if s.get('backlog') else '—'}</td>"
         f"<td>{_fmt_age(now, int(s.get('last_ack_wall_ns') or 0))}</td>"
         f"<td class='muted'>{e(str(s.get('last_error') or ''))}</td></tr>"
         for s in status["sinks"]
@@ -109,6 +118,7 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
         for p in points
     )
     st = status["store"]
+    disk_class = "bad" if st.get("disk_full") or st.get("over_budget") else "muted"
     prot_html = _protection_html(status.get("protection"), now)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="2"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -118,8 +128,12 @@ def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]
 {st.get("queued_rows", 0)} queued · this page refreshes every 2 s · JSON: <a href="?format=json">?format=json</a></p>
 <div class="grid"><div><h2>Devices</h2><table><tr><th>device</th><th>link</th><th>protocol</th><th>comm</th>
 <th>last good poll</th><th>polls</th><th>errors</th><th>reconnects</th></tr>{dev_rows}</table></div>
-<div><h2>Cloud sync</h2><table><tr><th>sink</th><th>state</th><th>backlog (rows)</th><th>last acked seq</th>
-<th>last ack</th><th>last error</th></tr>{sink_rows}</table></div></div>
+<div><h2>Cloud sync</h2><table><tr><th>sink</th><th>state</th><th>backlog (rows)</th><th>backlog (bytes)</th>
+<th>oldest unsent</th><th>last ack</th><th>last error</th></tr>{sink_rows}</table>
+<p class="{disk_class}">disk: {_fmt_bytes(int(st.get("used_bytes", 0)))}
+of {_fmt_bytes(int(st.get("disk_budget_bytes", 0)))} budget{' · DISK FULL' if st.get('disk_full') else ''}
+· downsampled {st.get("downsampled_rows", 0)} · evicted {st.get("evicted_rows", 0)} readings,
+{st.get("evicted_events", 0)} events · gap records {st.get("gap_records", 0)}</p></div></div>
 {prot_html}
 <h2>Latest values</h2><table><tr><th>point</th><th>value</th><th>unit</th><th>quality</th><th>age</th></tr>
 {pt_rows}</table></body></html>"""

@@ -157,6 +157,7 @@ class _Work:
     reclaim_points: list[tuple[int, PointInfo]] = field(default_factory=list)  # derived points it registered
     after_publish: Callable[[], None] | None = None  # runs under the state lock after COMMIT
     partial_holes: dict[str, tuple[int, int]] = field(default_factory=dict)  # see _count_partial_hole
+    oldest: dict[str, tuple[int, int]] = field(default_factory=dict)  # sink -> (watermark, ts of next row)
 
 
 class Store:
@@ -1000,6 +1001,7 @@ class Store:
             next_first = int(row[0]) if row and row[0] is not None else None
 
         def publish() -> None:  # under the state lock, after COMMIT
+            self._oldest_cache.clear()  # the oldest unsent reading of a sink may be gone
             self._ds_seq = new_ds
             self._rows -= removed
             self._events -= res.events_evicted
@@ -1180,6 +1182,10 @@ class Store:
                 [sink, acked, now],
             )
             self._count_partial_hole(con, work, sink, acked)
+            nxt = con.execute(  # the oldest reading the sink still has to send (sink_stats' oldest age)
+                "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", [acked]
+            ).fetchall()
+            work.oldest[sink] = (acked, int(nxt[0][0]) if nxt else 0)
         if work.events:
             evs = pa.table(
                 {
@@ -1208,6 +1214,7 @@ class Store:
         with self._state_lock:
             self._commit_no = work.commit_no
             self._partial_holes.update(work.partial_holes)
+            self._oldest_cache.update(work.oldest)
             for pid, p in work.reclaim_points:
                 self._points_by_name[p.name] = pid
                 self._infos[pid] = p
@@ -1345,8 +1352,8 @@ class Store:
             self._sinks = tuple(names)
 
     def sink_stats(self, sink: str) -> dict[str, int | float]:
-        """Backlog figures of one sink for metrics and the panel. Any thread; one small read when the
-        watermark moved since the last call (the oldest unacked timestamp), else no I/O.
+        """Backlog figures of one sink for metrics and the panel. Any thread. No I/O once the sink has acked
+        in this run (the writer notes the oldest unacked timestamp with each ack); one small read otherwise.
 
         backlog_rows; backlog_bytes (estimate: rows × the store's bytes per row); oldest_ts (epoch ns of the
         first unacked reading, 0 when none); oldest_age_s (by the store's clock); acked_seq.
@@ -1359,8 +1366,9 @@ class Store:
         per_row = (usage.used_bytes / total) if usage is not None else 9.0  # ≈ bytes per reading on disk
         oldest = 0
         if rows:
-            cached = self._oldest_cache.get(sink)
-            if cached is not None and cached[0] == wm:
+            with self._state_lock:
+                cached = self._oldest_cache.get(sink)
+            if cached is not None and cached[0] == wm and cached[1]:
                 oldest = cached[1]
             else:
                 with contextlib.suppress(StoreError), self._reader() as cur:
@@ -1368,7 +1376,8 @@ class Store:
                         "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", [wm]
                     ).fetchone()
                     oldest = int(row[0]) if row else 0
-                    self._oldest_cache[sink] = (wm, oldest)
+                    with self._state_lock:
+                        self._oldest_cache[sink] = (wm, oldest)
         age = max(0.0, (self._clock_ns() - oldest) / 1e9) if oldest else 0.0
         return {"backlog_rows": rows, "backlog_bytes": int(rows * per_row), "oldest_ts": oldest,
                 "oldest_age_s": age, "acked_seq": wm}  # fmt: skip
