@@ -25,6 +25,7 @@ import pyarrow as pa
 from gateway.config import GatewayConfig
 from gateway.controls import ControlService
 from gateway.drivers import SESSION_DRIVERS, driver_factory
+from gateway.emit_buffer import PendingBudget
 from gateway.latest import LatestTable
 from gateway.model import Event, PointInfo, ReadingBatch
 from gateway.runner import LinkRunner
@@ -81,6 +82,8 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_wall_ns = 0
         self.emit_backpressure = 0  # emits refused by a full store queue (runners retry them)
+        # readings all runners may hold while the store accepts none (as many as the store's own queue)
+        self.pending = PendingBudget(max(1000, cfg.storage.queue_rows))
         self._comm_states: dict[str, str] = {}  # device -> last comm state recorded as an event
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -174,11 +177,13 @@ class Gateway:
                     mono_ns=self.mono_ns,
                     wall_ns=self.wall_ns,
                     on_event=self._record_event,
+                    pending=self.pending,
                 )
             else:
                 runner = LinkRunner(
-                    link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns
-                )
+                    link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns,
+                    pending=self.pending, on_event=self._record_event,
+                )  # fmt: skip
             self.runners.append(runner)
             targets.update((d.name, runner) for d in link.devices)
         store = self.store

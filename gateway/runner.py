@@ -50,8 +50,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.config import DeviceConfig, LinkConfig, PointConfig
-from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, backoff_delay, old_data_quality
-from gateway.model import Q, ReadingBatch
+from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, PendingBudget, backoff_delay, gap_reporter, old_data_quality
+from gateway.model import Event, Q, ReadingBatch
 from protocols.modbus import (
     Q_NO_RESPONSE,
     DeviceTimeout,
@@ -226,6 +226,8 @@ class LinkRunner:
         wall_ns: Callable[[], int] = time.time_ns,
         client_factory: Callable[[LinkConfig], ModbusClient] = _default_client_factory,
         rng: random.Random | None = None,
+        pending: PendingBudget | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.link = link
         self._mono = mono_ns
@@ -235,7 +237,8 @@ class LinkRunner:
         self._lock = asyncio.Lock()  # serialises polls and writes on the link (created lazily on the loop)
         self._wake = asyncio.Event()
         self._stopping = False
-        self._out = EmitBuffer(emit, f"link {link.name}")
+        self._out = EmitBuffer(emit, f"link {link.name}", budget=pending,
+                               on_gap=gap_reporter(link.name, wall_ns, on_event))  # fmt: skip
         self._link_up = False
         self._ever_connected = False
         self.reconnects = 0

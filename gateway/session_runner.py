@@ -45,7 +45,7 @@ from typing import Any, Final
 import numpy as np
 
 from gateway.config import LinkConfig
-from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, backoff_delay, old_data_quality
+from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, PendingBudget, backoff_delay, gap_reporter, old_data_quality
 from gateway.model import Event, Q, ReadingBatch
 from protocols.session import (
     ControlRequest,
@@ -109,7 +109,8 @@ class SessionRunner:
     :param driver_factory: builds the :class:`SessionDriver` (the registry in :mod:`gateway.drivers`).
     :param mono_ns: monotonic clock (ns) for deadlines; ``wall_ns``: UTC epoch ns for gateway timestamps.
     :param rng: randomness for reconnect jitter.
-    :param on_event: takes device alarm events (non-blocking; e.g. schedules the store write).
+    :param on_event: takes device alarm events and gap records (non-blocking; e.g. schedules the store write).
+    :param pending: the bound on readings all runners hold for a store that does not accept them.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class SessionRunner:
         wall_ns: Callable[[], int] = time.time_ns,
         rng: random.Random | None = None,
         on_event: Callable[[Event], None] | None = None,
+        pending: PendingBudget | None = None,
     ) -> None:
         if len(link.devices) != 1:
             raise ValueError(f"link {link.name}: a {link.protocol} link has exactly one device")
@@ -140,7 +142,8 @@ class SessionRunner:
         self._last_val = np.full(n, np.nan)
         self._last_q = np.zeros(n, dtype=np.uint16)
         self._seen = np.zeros(n, dtype=np.bool_)  # a reading (or a loss mark) was emitted for this point
-        self._out = EmitBuffer(emit, f"link {link.name}")
+        self._out = EmitBuffer(emit, f"link {link.name}", budget=pending,
+                               on_gap=gap_reporter(link.name, wall_ns, on_event))  # fmt: skip
         self._lock = asyncio.Lock()  # one driver call at a time: jobs, idle, controls
         self._wake = asyncio.Event()
         self._stopping = False
