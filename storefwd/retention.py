@@ -51,6 +51,7 @@ class RetentionPolicy:
     reserve_free_bytes: int = 64 * 1024 * 1024  # leave this much of the filesystem free for others and the WAL
     chunk_rows: int = 250_000  # rows (by seq) handled per reclaim step; one transaction each
     check_interval_s: float = 5.0  # how often the writer measures usage (and after every reclaim step)
+    compact_min_free_bytes: int = 64 * 1024 * 1024  # at open, rewrite the file when this much is free (0 = never)
 
     def __post_init__(self) -> None:
         if self.budget_bytes <= 0:

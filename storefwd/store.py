@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from gateway.model import ID_DTYPE, QUALITY_DTYPE, TS_DTYPE, VALUE_DTYPE, Event, PointInfo, ReadingBatch
 
-from . import retention, schema
+from . import compact, retention, schema
 from .errors import (
     StoreClosed,
     StoreCorrupt,
@@ -264,6 +264,15 @@ class Store:
         self._pending_events: list[Event] = []  # alarms/gap records of the opening, committed once the writer runs
         self._mark_path = self._path.with_name(self._path.name + ".seq")
         self._root = self._open_or_move_aside(on_damage)
+        self.compacted: compact.Compaction | None = None
+        try:
+            self.compacted = compact.compact_if_worthwhile(
+                self._root, self._path, schema.STORAGE_VERSION, self._policy.compact_min_free_bytes
+            )
+        except (duckdb.Error, OSError) as e:  # the original file is untouched: go on with it
+            log.warning("storefwd: compaction of %s skipped: %s", self._path, e)
+        if self.compacted is not None:
+            self._root = self._open_and_load()
         self._wcon = self._root.cursor()  # the writer's own connection; only the writer thread uses it
         self._writer = threading.Thread(target=self._run, name="storefwd-writer", daemon=True)
         self._writer.start()

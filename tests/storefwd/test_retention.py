@@ -238,3 +238,28 @@ def test_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert s.reclaim_step() is not None
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+
+
+def test_a_file_with_mostly_free_blocks_is_compacted_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "gw.duckdb"
+    policy = quiet_policy(chunk_rows=400_000, compact_min_free_bytes=1024 * 1024)
+    with Store(path, retention_policy=policy, clock_ns=lambda: T0 + 2 * MINUTE_NS) as s:
+        rng = np.random.default_rng(3)
+        for k in range(5):
+            n = 200_000
+            s.offer(ReadingBatch.of(T0 + np.arange(k * n, (k + 1) * n, dtype=np.int64), np.ones(n, np.int32),
+                                    rng.random(n), 0))  # fmt: skip
+        s.flush()
+        s.add_event(Event(T0, "trip", "kept", priority=0))
+        assert s.reclaim_step() is not None and s.reclaim_step() is not None  # evicts 800k of 1M
+        kept = all_rows(s)
+        big = path.stat().st_size
+    with Store(path, retention_policy=policy) as s:
+        assert s.compacted is not None and s.compacted.before_bytes == big
+        assert path.stat().st_size == s.compacted.after_bytes < big / 2
+        assert all_rows(s).equals(kept)
+        assert [e["kind"] for e in s.events_after(0, 10).to_pylist()] == ["trip", "gap", "gap"]
+        s.offer(ReadingBatch.of(np.array([T0], np.int64), np.array([1], np.int32), np.array([1.0]), 0))
+        assert s.flush() == 1_000_001  # seqs go on
+    with Store(path, retention_policy=policy) as s:
+        assert s.compacted is None  # nothing worth it any more
