@@ -169,8 +169,16 @@ class Store:
     - ``commit_interval_ms``: the writer commits at most this often while only readings arrive.
     - ``queue_rows``: bound of the writer queue in rows (accepted but not yet committed). ``offer()`` returns
       False beyond it. A single batch larger than the bound is accepted only into an empty queue.
-    - ``disk_budget_mb``: disk space (MiB) the file may use; reported in :meth:`stats` (``over_budget``).
-      Enforcing it (eviction, downsampling) is not implemented yet.
+    - ``disk_budget_mb``: disk space (MiB) the store may use, when no ``retention_policy`` is given.
+    - ``retention_policy``: the disk budget and how it is enforced (storefwd/retention.py): past the high-water
+      mark the writer downsamples old raw readings, then evicts the oldest; never events of priority 0/1;
+      each step writes a gap record (a priority-0 event).
+    - ``on_damage``: "raise" (StoreCorrupt) or "move_aside": a file DuckDB cannot open is renamed
+      ``<name>.damaged-<UTC time>`` and a new one started; an alarm event says so (``self.damaged``).
+    - ``seq_floor``: a NEW file numbers its readings and events from ``seq_floor + 1`` (the gateway passes
+      the time in µs, so a replaced or re-created store never repeats a seq the receiver already has).
+    - ``clock_ns``: wall clock (epoch ns) for reclaim ages, gap records and alarms; ``statvfs``: the
+      filesystem figures (both injectable for tests).
     - ``checkpoint_threshold_mb``: WAL size (MiB) at which DuckDB checkpoints it into the file. Rows committed
       through the WAL stay in memory until that checkpoint, so this bounds that memory (see docs/storage.md).
     - ``memory_limit_mb``: ceiling of DuckDB's buffer pool (MiB); 0 keeps DuckDB's default (80 % of RAM).
