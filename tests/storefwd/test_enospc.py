@@ -11,7 +11,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,3 +36,45 @@ def test_disk_full_keeps_the_store_alive_and_loses_nothing(tmp_path: Path, batch
     assert out["disk_full_after"] == 0 and out["episodes"] == 1
     assert any("could not write" in a and "disk full" in a for a in out["alarms"])
     assert "ALARM disk full" in proc.stderr  # the journal says it when it happens
+
+
+class _FailingCommit:
+    """Stands in for the writer's DuckDB connection: the next COMMIT fails with a fatal error, either after
+    the real COMMIT went through (``committed``) or instead of it — the two cases a crash leaves open."""
+
+    def __init__(self, real: duckdb.DuckDBPyConnection, committed: bool) -> None:
+        self._real = real
+        self._committed = committed
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            if self._committed:
+                self._real.execute(sql)
+            raise duckdb.FatalException("database has been invalidated because of a previous fatal error")
+        return self._real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["commit-reached-wal", "commit-lost"])
+def test_fatal_error_at_commit_neither_duplicates_nor_loses(tmp_path: Path, committed: bool) -> None:
+    from storefwd import Store
+    from tests.storefwd.helpers import batch
+
+    with Store(tmp_path / "gw.duckdb", commit_interval_ms=5) as s:
+        s.offer(batch(0, 100))
+        s.flush()
+        fake = _FailingCommit(s._wcon, committed)
+        s._wcon = fake  # type: ignore[assignment]  # the writer reopens and replaces it after the failure
+        s.offer(batch(100, 50))
+        assert s.flush() == 150
+        assert fake.failed and s._wcon is not fake
+        rows = s.read_after("cloud", 0, 1000)
+        assert rows.column("seq").to_pylist() == list(range(1, 151))  # once each, in order
+        assert rows.column("value").to_pylist() == [float(v) for v in range(150)]
+        assert s.stats()["write_errors"] == 1
+        s.offer(batch(150, 1))
+        assert s.flush() == 151
