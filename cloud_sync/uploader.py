@@ -4,20 +4,28 @@ Contract:
 
 - Rows leave in seq order, in batches of at most ``sink.batch_size``; when fewer rows wait, the uploader waits
   up to ``sink.max_interval_s`` (from the moment the first one was seen) for the batch to fill.
+- Events (``store.events_after``: gap records, alarms, trips, SOE, control audit) ride in the same batches, at
+  most :data:`EVENTS_PER_BATCH` each, in event-seq order after the sink's event watermark. An event that
+  appears starts the same ``max_interval_s`` clock as a reading, so it leaves within ``max_interval_s`` even
+  when no reading waits (then as an events-only batch).
 - Each batch is ``POST``-ed to ``sink.url`` with ``Authorization: Bearer <token>``,
-  ``Idempotency-Key: <gateway_id>:<first_seq>-<last_seq>`` and ``Content-Type:
+  ``Idempotency-Key: <gateway_id>:<first_seq>-<last_seq>`` (events-only batch:
+  ``<gateway_id>:e<first_event_seq>-<last_event_seq>``) and ``Content-Type:
   application/vnd.apache.arrow.stream`` (body: :mod:`cloud_sync.codec`).
-- The sink's watermark advances (``store.ack``) **only after a 2xx**. A batch whose answer was lost is sent
-  again; the receiver lands rows exactly once by ``(gateway_id, seq)``.
+- The sink's watermarks advance **only after a 2xx**, both after the same one: readings (``store.ack``)
+  then events (``store.ack_events``). A batch whose answer was lost is sent again; the receiver lands rows
+  and events exactly once by ``(gateway_id, seq)``. A receiver that answers without ``events_accepted`` to a
+  batch carrying events predates events: the sink stops (``stopped-rejected``) rather than lose them.
 - Connection errors, timeouts, 5xx, 408 and 429 are retried forever with exponential backoff and full jitter
   (``backoff_min_s`` doubling up to ``sink.retry_max_s``); a ``Retry-After`` header (seconds or HTTP-date)
   replaces the computed delay (capped at :data:`MAX_RETRY_AFTER_S`).
 - 401/403 stop the sink (state ``stopped-auth``); any other 4xx stops it too (``stopped-rejected``). Either
   way nothing is acked: the data stays in the store until the sink is reconfigured and restarted.
 
-Threads: :meth:`run` runs on the event loop; blocking store calls (``read_after``, ``ack``, ``point_infos``)
-and encoding run in worker threads via ``asyncio.to_thread`` (``last_seq``, ``watermark`` and ``backlog`` are
-in-memory reads and are called on the loop). :meth:`stop` and :meth:`status` must be called
+Threads: :meth:`run` runs on the event loop; blocking store calls (``read_after``, ``events_after``, ``ack``,
+``ack_events``, ``point_infos``) and encoding run in worker threads via ``asyncio.to_thread`` (``last_seq``,
+``last_event_seq``, ``watermark``, ``event_watermark`` and ``backlog`` are in-memory reads and are called on
+the loop). :meth:`stop` and :meth:`status` must be called
 on the loop's thread. The uploader does not own the store.
 """
 
@@ -40,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from cloud_sync.codec import CONTENT_TYPE, PointCatalog, encode_batch
+from cloud_sync.codec import CONTENT_TYPE, READINGS_SCHEMA, PointCatalog, encode_batch
 from cloud_sync.errors import AuthRejected, BatchRejected, RetryableUpload, UploadError
 from gateway.config import SinkConfig
 from gateway.model import PointInfo
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S: Final = 3600.0  # a Retry-After longer than this is treated as this
 RATE_WINDOW_S: Final = 30.0  # rows_per_s averages the acks of this window
+EVENTS_PER_BATCH: Final = 10_000  # most events per upload (events are small and rare)
 
 STATES: Final = ("idle", "ok", "retrying", "stopped-auth", "stopped-rejected", "disabled", "stopped")
 _FINAL: Final = ("stopped-auth", "stopped-rejected", "disabled", "stopped")
@@ -63,14 +72,30 @@ class SyncStore(Protocol):
     def backlog(self, sink: str) -> int: ...
     def point_infos(self) -> dict[int, PointInfo]: ...
     def last_seq(self) -> int: ...
+    def events_after(self, after_seq: int, limit: int) -> pa.Table: ...
+    def last_event_seq(self) -> int: ...
+    def event_watermark(self, sink: str) -> int: ...
+    def ack_events(self, sink: str, seq: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     body: bytes
     rows: int
-    first_seq: int
+    first_seq: int  # 0 when the batch has no readings
     last_seq: int
+    events: int
+    first_event_seq: int  # 0 when the batch has no events
+    last_event_seq: int
+    cursor: int  # readings cursor after this batch (last_seq, or the previous cursor when no readings)
+    event_cursor: int  # events cursor after this batch
+
+    @property
+    def key(self) -> str:
+        """Idempotency key body (without the gateway id prefix)."""
+        if self.rows:
+            return f"{self.first_seq}-{self.last_seq}"
+        return f"e{self.first_event_seq}-{self.last_event_seq}"
 
 
 class _Stopped(Exception):
@@ -206,6 +231,8 @@ class Uploader:
         # status (loop thread only)
         self._state = "disabled" if not sink.enabled else "idle"
         self._last_ack_seq = 0
+        self._last_event_ack_seq = 0
+        self._uploaded_events = 0
         self._last_ack_wall_ns = 0
         self._last_error = ""
         self._uploaded_rows = 0
@@ -230,6 +257,14 @@ class Uploader:
                     raise UploadError(f"sink {self.sink.name!r} is {self._state}: {self._last_error}")
                 await self._changed.wait()
 
+    async def wait_events_acked(self, seq: int) -> None:
+        """Return once the event watermark reached ``seq``; UploadError if the sink stops first."""
+        async with self._changed:
+            while self._last_event_ack_seq < seq:
+                if self._state in _FINAL:
+                    raise UploadError(f"sink {self.sink.name!r} is {self._state}: {self._last_error}")
+                await self._changed.wait()
+
     async def wait_state(self, *states: str) -> str:
         """Return the state once it is one of ``states``."""
         async with self._changed:
@@ -246,6 +281,9 @@ class Uploader:
         """Snapshot for the panel/metrics. Never blocks."""
         with contextlib.suppress(Exception):
             self._backlog = int(self.store.backlog(self.sink.name))
+        events_backlog = 0
+        with contextlib.suppress(Exception):
+            events_backlog = max(0, int(self.store.last_event_seq()) - self._last_event_ack_seq)
         rate = self._rate()
         eta: float | None
         if self._backlog == 0:
@@ -261,6 +299,9 @@ class Uploader:
             "backlog": self._backlog,
             "last_ack_seq": self._last_ack_seq,
             "last_ack_wall_ns": self._last_ack_wall_ns,
+            "events_backlog": events_backlog,
+            "last_event_ack_seq": self._last_event_ack_seq,
+            "uploaded_events": self._uploaded_events,
             "last_error": self._last_error,
             "uploaded_rows": self._uploaded_rows,
             "uploads": self._uploads,
@@ -294,12 +335,14 @@ class Uploader:
 
     async def _run(self) -> None:
         cursor = int(self.store.watermark(self.sink.name))
+        event_cursor = int(self.store.event_watermark(self.sink.name))
         self._last_ack_seq = cursor
+        self._last_event_ack_seq = event_cursor
         async with self._delivery:
-            prepared = await self._prepare(cursor)
+            prepared = await self._prepare(cursor, event_cursor)
             while prepared is not None:
                 ahead = asyncio.create_task(
-                    self._prepare(prepared.last_seq), name=f"sync-{self.sink.name}-prep"
+                    self._prepare(prepared.cursor, prepared.event_cursor), name=f"sync-{self.sink.name}-prep"
                 )
                 delivered = False
                 try:
@@ -313,41 +356,64 @@ class Uploader:
                     break
                 prepared = await ahead
 
-    async def _prepare(self, after: int) -> _Prepared | None:
-        """Wait for rows after ``after`` (see fill rule), read and encode them; None when stopping."""
+    async def _prepare(self, after: int, after_event: int) -> _Prepared | None:
+        """Wait for rows after ``after`` or events after ``after_event`` (see fill rule), read and encode
+        them; None when stopping."""
         deadline: float | None = None
         while not self._stop.is_set():
             avail = int(self.store.last_seq()) - after
+            ev_avail = int(self.store.last_event_seq()) - after_event
             now = self._clock()
-            if avail > 0 and deadline is None:
+            if (avail > 0 or ev_avail > 0) and deadline is None:
                 deadline = now + self.sink.max_interval_s
             if avail >= self.sink.batch_size or (deadline is not None and now >= deadline):
-                rows = await asyncio.to_thread(
-                    self.store.read_after, self.sink.name, after, self.sink.batch_size
-                )
-                if rows.num_rows:
-                    return await self._encode(rows)
+                rows = READINGS_SCHEMA.empty_table()
+                if avail > 0:
+                    rows = await asyncio.to_thread(
+                        self.store.read_after, self.sink.name, after, self.sink.batch_size
+                    )
+                events = None
+                if ev_avail > 0:
+                    events = await asyncio.to_thread(self.store.events_after, after_event, EVENTS_PER_BATCH)
+                if rows.num_rows or (events is not None and events.num_rows):
+                    return await self._encode(rows, events, after, after_event)
                 deadline = None
-            if avail <= 0 and self._state == "ok":
+            if avail <= 0 and ev_avail <= 0 and self._state == "ok":
                 await self._set_state("idle")
             wait = self._poll_s if deadline is None else max(0.0, min(self._poll_s, deadline - now))
             await self._wait_stop(wait)
         return None
 
-    async def _encode(self, rows: pa.Table) -> _Prepared:
+    async def _encode(self, rows: pa.Table, events: pa.Table | None, after: int, after_event: int) -> _Prepared:
         pids = rows.column("point_id").to_numpy()
         if self._catalog is None or len(self._catalog.missing(np.asarray(pids))):
             infos = await asyncio.to_thread(self.store.point_infos)
             if self._catalog is None or len(infos) != len(self._catalog):  # else: ids without a name
                 self._catalog = await asyncio.to_thread(PointCatalog, infos)
         catalog = self._catalog
-        body = await asyncio.to_thread(encode_batch, rows, self.gateway_id, catalog, level=self._level)
+        body = await asyncio.to_thread(
+            encode_batch, rows, self.gateway_id, catalog, level=self._level, events=events
+        )
         seqs = rows.column("seq")
-        return _Prepared(body, rows.num_rows, int(seqs[0].as_py()), int(seqs[-1].as_py()))
+        first, last = (int(seqs[0].as_py()), int(seqs[-1].as_py())) if rows.num_rows else (0, 0)
+        n_ev = events.num_rows if events is not None else 0
+        eseq = events.column("seq") if events is not None and n_ev else None
+        e_first, e_last = (int(eseq[0].as_py()), int(eseq[-1].as_py())) if eseq is not None else (0, 0)
+        return _Prepared(
+            body,
+            rows.num_rows,
+            first,
+            last,
+            n_ev,
+            e_first,
+            e_last,
+            cursor=last if rows.num_rows else after,
+            event_cursor=e_last if n_ev else after_event,
+        )
 
     async def _deliver(self, batch: _Prepared) -> bool:
         """Upload (with retries) and ack. False when the sink stopped or stop() was called."""
-        key = f"{self.gateway_id}:{batch.first_seq}-{batch.last_seq}"
+        key = f"{self.gateway_id}:{batch.key}"
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableUpload),
             wait=self._wait_for,
@@ -362,6 +428,13 @@ class Uploader:
                     if self._stop.is_set():
                         raise _Stopped
                     self._last_response = await self._delivery.send(batch.body, key)
+                    answer = self._last_response
+                    if batch.events and "accepted" in answer and "events_accepted" not in answer:
+                        raise BatchRejected(
+                            f"the receiver at {self.sink.url} did not acknowledge the {batch.events} events of "
+                            "the batch (it predates events in gwsync/1; upgrade it)",
+                            200,
+                        )
         except _Stopped:
             return False
         except RetryableUpload as e:  # stop() during the retry loop
@@ -379,16 +452,21 @@ class Uploader:
             return False
         while True:
             try:
-                await asyncio.to_thread(self.store.ack, self.sink.name, batch.last_seq)
+                if batch.rows:
+                    await asyncio.to_thread(self.store.ack, self.sink.name, batch.last_seq)
+                if batch.events:
+                    await asyncio.to_thread(self.store.ack_events, self.sink.name, batch.last_event_seq)
                 break
             except Exception as e:  # the store failing to commit must not lose the ack forever
-                self._last_error = f"ack of seq {batch.last_seq} failed: {e}"
+                self._last_error = f"ack of seq {batch.last_seq}/event seq {batch.last_event_seq} failed: {e}"
                 log.warning("sink %r: %s", self.sink.name, self._last_error)
                 if self._stop.is_set():
                     return False
                 await self._sleep(self._backoff_min_s)
         self._acks.append((self._clock(), batch.rows))
-        self._last_ack_seq = batch.last_seq
+        self._last_ack_seq = batch.cursor
+        self._last_event_ack_seq = batch.event_cursor
+        self._uploaded_events += batch.events
         self._last_ack_wall_ns = self._wall_ns()
         self._uploaded_rows += batch.rows
         self._uploads += 1
@@ -407,7 +485,7 @@ class Uploader:
         if every <= 0 or now - self._progress_at < every:
             return
         st = self.status()
-        if not st["backlog"]:
+        if st["backlog"] < self.sink.batch_size:  # live operation keeps a batch or less waiting: no drain to report
             return
         self._progress_at = now
         eta = "unknown" if st["eta_s"] is None else f"{st['eta_s']:.0f} s"

@@ -130,6 +130,7 @@ _SENTINEL: Final = object()  # put on the queue by close(): drain what is before
 _MAX_RETRY_PAUSE_S: Final = 5.0  # longest pause between retries of a failing write
 _MAX_RECOVER_PAUSE_S: Final = 2.0  # longest pause between attempts to reopen an invalidated database
 _RECLAIM_STEPS_PER_CALL: Final = 4  # reclaim transactions between two ingest commits at most
+_ROW_BYTES: Final = 30  # seq 8 + ts 8 + point_id 4 + value 8 + quality 2: a reading, uncompressed
 
 
 class _Invalidated(Exception):
@@ -1380,7 +1381,8 @@ class Store:
             wm = self._watermarks.get(sink, 0)
             usage = self._usage
             total = max(self._rows, 1)
-        per_row = (usage.used_bytes / total) if usage is not None else 9.0  # ≈ bytes per reading on disk
+        # bytes per stored reading, at most its uncompressed width (a small file is mostly DuckDB's fixed blocks)
+        per_row = min(usage.used_bytes / total, _ROW_BYTES) if usage is not None else 9.0
         oldest = 0
         if rows:
             with self._state_lock:
