@@ -9,6 +9,9 @@ one JSON object:
   (newline-delimited, uncompressed: the common practice); ``json_zstd_bytes_per_reading`` zstd-compressed.
 - ``drain_rows_per_s``: a backlog of ``devices*points*seconds`` rows in a real Store drained by the real
   Uploader to the reference receiver (DuckDB backend, separate process) over loopback HTTP.
+- ``drain_rows_per_s_postgres``: the same backlog drained (under another sink name) to a receiver process with
+  the PostgreSQL backend (``--postgres-url``, default the local test database; tables in a fresh schema that
+  is dropped afterwards; ``--postgres-workers`` receiver processes). Omitted with ``--postgres-url ''``.
 
 Data: devices x points registers polled every second (each device's block shares one receive timestamp with
 sub-millisecond jitter), values are scaled int16 registers (x0.1, x0.01, x1, x0.001, x0.5) doing a slow
@@ -33,7 +36,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pyarrow as pa
-import zstandard
 
 from cloud_sync.codec import READINGS_SCHEMA, PointCatalog, encode_batch
 from cloud_sync.uploader import Uploader
@@ -86,7 +88,7 @@ def json_sizes(batches: list[ReadingBatch], infos: list[PointInfo]) -> tuple[flo
                                      "quality": q}, separators=(",", ":")))  # fmt: skip
             rows += 1
     text = ("\n".join(lines) + "\n").encode()
-    return len(text) / rows, len(zstandard.ZstdCompressor(level=3).compress(text)) / rows
+    return len(text) / rows, len(pa.Codec("zstd", compression_level=3).compress(text)) / rows
 
 
 def live_wire_size(batches: list[ReadingBatch], infos: list[PointInfo]) -> float:
@@ -116,13 +118,10 @@ class CountingTransport(httpx.AsyncHTTPTransport):
 
 
 @contextlib.contextmanager
-def receiver_process(db: str, port: int) -> Iterator[str]:
-    code = (
-        "import sys; from cloud_sync.receiver import main; "
-        f"raise SystemExit(main(['--db', {db!r}, '--port', '{port}', '--token', '{GATEWAY}={TOKEN}', "
-        "'--log-level', 'warning']))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+def receiver_process(db: str, port: int, *extra: str) -> Iterator[str]:
+    argv = [sys.executable, "-m", "cloud_sync.receiver", "--db", db, "--port", str(port),
+            "--token", f"{GATEWAY}={TOKEN}", "--log-level", "warning", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1])
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -141,9 +140,11 @@ def receiver_process(db: str, port: int) -> Iterator[str]:
         proc.wait(30)
 
 
-async def drain(store: Store, url: str, batch_size: int, total: int) -> tuple[float, int, dict[str, Any]]:
+async def drain(
+    store: Store, url: str, batch_size: int, total: int, sink_name: str = "bench"
+) -> tuple[float, int, dict[str, Any]]:
     transport = CountingTransport()
-    sink = SinkConfig(name="bench", url=f"{url}/v1/batches", token=TOKEN, batch_size=batch_size,
+    sink = SinkConfig(name=sink_name, url=f"{url}/v1/batches", token=TOKEN, batch_size=batch_size,
                       max_interval_s=1.0, timeout_s=30.0)  # fmt: skip
     up = Uploader(store, sink, GATEWAY, transport=transport)
     t0 = time.perf_counter()
@@ -160,15 +161,23 @@ async def drain(store: Store, url: str, batch_size: int, total: int) -> tuple[fl
     return elapsed, transport.body_bytes, stats
 
 
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.sync")
     ap.add_argument("--devices", type=int, default=200)
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=SinkConfig(name="-", url="-").batch_size)
-    ap.add_argument("--receiver-db", default="",
-                    help="receiver database: a postgresql:// URL (its tables must not hold this gateway yet) "
-                    "or empty for a fresh DuckDB file (default)")  # fmt: skip
+    ap.add_argument("--postgres-url", "--receiver-db", default="postgresql://postgres@127.0.0.1:5432/test",
+                    help="PostgreSQL for drain_rows_per_s_postgres (a fresh schema is created and dropped); "
+                    "'' skips it")  # fmt: skip
+    ap.add_argument("--postgres-workers", type=int, default=1, help="receiver processes for the PostgreSQL run")
     args = ap.parse_args(argv)
 
     infos = point_infos(args.devices, args.points)
@@ -191,11 +200,25 @@ def main(argv: list[str] | None = None) -> int:
                 store.put(b)
             last = store.flush(timeout=120)
             print(f"store filled: {last} rows in {time.perf_counter() - t:.1f} s", flush=True)
-            db = args.receiver_db or str(tmpd / "receiver.duckdb")
-            with receiver_process(db, free_port()) as url:
+            with receiver_process(str(tmpd / "receiver.duckdb"), free_port()) as url:
                 elapsed, body_bytes, stats = asyncio.run(drain(store, url, args.batch_size, last))
-        if stats.get("rows") != total:
-            raise SystemExit(f"receiver holds {stats.get('rows')} rows, expected {total}")
+            if stats.get("rows") != total:
+                raise SystemExit(f"DuckDB receiver holds {stats.get('rows')} rows, expected {total}")
+            print(f"drained to DuckDB: {total / elapsed:.0f} rows/s", flush=True)
+            pg_elapsed = None
+            if args.postgres_url:
+                schema = f"bench_sync_{os.getpid()}"
+                try:
+                    with receiver_process(args.postgres_url, free_port(), "--db-schema", schema,
+                                          "--workers", str(args.postgres_workers)) as url:  # fmt: skip
+                        pg_elapsed, _, pg_stats = asyncio.run(
+                            drain(store, url, args.batch_size, last, sink_name="bench-postgres")
+                        )
+                finally:
+                    drop_schema(args.postgres_url, schema)
+                if pg_stats.get("rows") != total:
+                    raise SystemExit(f"PostgreSQL receiver holds {pg_stats.get('rows')} rows, expected {total}")
+                print(f"drained to PostgreSQL: {total / pg_elapsed:.0f} rows/s", flush=True)
 
     result = {
         "wire_bytes_per_reading": round(body_bytes / total, 3),
@@ -203,13 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         "json_bytes_per_reading": round(json_b, 2),
         "json_zstd_bytes_per_reading": round(json_z, 3),
         "drain_rows_per_s": round(total / elapsed),
+        "drain_rows_per_s_postgres": round(total / pg_elapsed) if pg_elapsed else None,
         "drain_rows": total,
         "drain_s": round(elapsed, 2),
+        "drain_s_postgres": round(pg_elapsed, 2) if pg_elapsed else None,
+        "postgres_workers": args.postgres_workers,
         "batch_size": args.batch_size,
         "receiver_rows": stats["rows"],
-        "receiver_db": "postgresql" if args.receiver_db else "duckdb",
         "cpus": os.cpu_count(),
     }
+    # MQTT: the MQTT delivery's benchmark adds "mqtt_rows_per_s" here (same backlog, its own sink name).
     print(json.dumps(result))
     return 0
 

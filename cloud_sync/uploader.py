@@ -169,10 +169,12 @@ class HttpDelivery:
         }
         try:
             resp = await self._client.post(self.sink.url, content=body, headers=headers)
-        except httpx.TimeoutException as e:
-            raise RetryableUpload(f"timeout after {self.sink.timeout_s} s posting to {self.sink.url}") from e
+        except httpx.TimeoutException as e:  # ConnectTimeout: black-holed; ReadTimeout: a slow receiver
+            raise RetryableUpload(
+                f"{type(e).__name__}: timeout after {self.sink.timeout_s} s posting to {self.sink.url}"
+            ) from e
         except httpx.TransportError as e:
-            raise RetryableUpload(f"{type(e).__name__} posting to {self.sink.url}: {e}") from e
+            raise RetryableUpload(f"{type(e).__name__} posting to {self.sink.url}: {e}{_root_cause(e)}") from e
         code = resp.status_code
         if 200 <= code < 300:
             try:
@@ -463,6 +465,8 @@ class Uploader:
                 if self._stop.is_set():
                     return False
                 await self._sleep(self._backoff_min_s)
+        if self._state == "retrying":
+            self._acks.clear()  # the rate window must not span the outage (it would show a drain at 0 rows/s)
         self._acks.append((self._clock(), batch.rows))
         self._last_ack_seq = batch.cursor
         self._last_event_ack_seq = batch.event_cursor
@@ -524,6 +528,18 @@ class Uploader:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def _root_cause(e: BaseException) -> str:
+    """`` (<errno/TLS reason>)`` from the innermost OSError/SSLError of the chain (httpx hides it), or ""."""
+    found: BaseException | None = None
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        if isinstance(cur, OSError | ssl.SSLError) and cur is not e:
+            found = cur
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return f" ({type(found).__name__}: {found})" if found is not None else ""
 
 
 def tls_context(sink: SinkConfig) -> ssl.SSLContext | bool:
