@@ -8,7 +8,8 @@ BIN    := $(VENV)/bin
 # Reinstall when pyproject.toml changes.
 STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-SYSTEM_PACKAGES_TEST := socat
+# Debian packages named like their command, looked up on PATH and in /usr/sbin (mosquitto lives there).
+SYSTEM_PACKAGES_TEST := socat mosquitto
 
 .PHONY: demo test lint typecheck unit bench clean venv system-deps services help
 
@@ -34,7 +35,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES_TEST); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES_TEST); do command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -2,11 +2,16 @@
 
 Format ``gwsync/1`` (documented for receivers in ``docs/ingestion.md``):
 
-- Schema metadata: ``format`` = ``gwsync/1``, ``gateway_id``, ``points`` (below) and informational
-  ``rows``/``first_seq``/``last_seq``.
+- Schema metadata: ``format`` = ``gwsync/1``, ``gateway_id``, ``points`` (below), optionally ``events``
+  (below) and informational ``rows``/``first_seq``/``last_seq`` (``events_count``/``first_event_seq``/
+  ``last_event_seq`` when events travel).
 - ``points``: base64 of a nested Arrow IPC stream (zstd) of :data:`POINTS_WIRE_SCHEMA`, one row per named
   point present, sorted by id: ``id_delta`` int32 (``id[i] - id[i-1]``, ``id[-1]`` = 0), ``name`` (null
   when it is ``device + "." + point``), ``device``/``point``/``unit`` (dictionary-encoded strings).
+- ``events`` (optional): base64 of a nested Arrow IPC stream (zstd) of :data:`EVENTS_WIRE_SCHEMA`, the store's
+  events (gap records, alarms, trips, SOE, control audit) in seq order: ``seq`` int64 (> 0, strictly
+  increasing), ``ts`` int64 UTC ns, ``priority`` int16, ``kind``/``device``/``point`` (dictionary-encoded
+  strings), ``message`` and ``data`` (JSON text) strings. A batch may carry events and no readings.
 - Record batches of the fixed schema :data:`WIRE_SCHEMA`. Rows are sorted by ``(point_id, seq)`` so a point's
   successive values and timestamps are adjacent; the receiver gets them back ordered by seq. Every ``*_delta``
   column holds ``x[i] - x[i-1]`` (``x[-1]`` = 0) in two's-complement wrapping arithmetic:
@@ -31,6 +36,10 @@ everything else (NaN, ±inf, -0.0, arbitrary doubles) travels as raw bits. The e
 rebuilt bits, so decoding is bit-exact by construction. A row whose point id is not in ``points`` has no name
 (the receiver quarantines it).
 
+Errors: bytes that are not a readable Arrow IPC stream (empty, garbage, truncated, broken framing) raise
+:class:`CodecError`; a readable stream that is not ``gwsync/1`` (format metadata, schema, nulls, value codes,
+nested points/events) raises its subclass :class:`SchemaMismatch` with a message naming what is wrong.
+
 Thread-safety: every function here is pure (CPU only, no I/O) and may run in any thread; the uploader and
 the receiver call them via ``asyncio.to_thread``.
 """
@@ -41,7 +50,7 @@ import base64
 import binascii
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -50,7 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from cloud_sync.errors import CodecError, PayloadTooLarge
+from cloud_sync.errors import CodecError, PayloadTooLarge, SchemaMismatch
 from gateway.model import PointInfo
 
 FORMAT: Final = "gwsync/1"
@@ -79,7 +88,34 @@ POINTS_SCHEMA: Final = pa.schema(
     ]
 )
 
+# Events of a decoded batch (the store's EVENTS_SCHEMA, with non-null seq/ts/priority), ordered by seq.
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),  # UTC epoch ns
+        pa.field("priority", pa.int16(), nullable=False),  # 0 = most vital (never evicted)
+        pa.field("kind", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("point", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("data", pa.string()),  # JSON text (may be empty)
+    ]
+)
+
 _STR_DICT: Final = pa.dictionary(pa.int32(), pa.string())
+EVENTS_WIRE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),
+        pa.field("priority", pa.int16(), nullable=False),
+        pa.field("kind", _STR_DICT),
+        pa.field("device", _STR_DICT),
+        pa.field("point", _STR_DICT),
+        pa.field("message", pa.string()),
+        pa.field("data", pa.string()),
+    ]
+)
+MAX_EVENTS_PER_BATCH: Final = 100_000  # the decoder refuses more (422); the uploader sends far fewer
 POINTS_WIRE_SCHEMA: Final = pa.schema(
     [
         pa.field("id_delta", pa.int32(), nullable=False),
@@ -171,6 +207,59 @@ def _ipc_options(level: int) -> ipc.IpcWriteOptions:
     return ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
 
 
+def events_stream(events: pa.Table, level: int = 3) -> bytes:
+    """The nested ``events`` IPC stream of store events (:data:`EVENTS_SCHEMA` columns, any order of rows:
+    they are sorted by seq). ValueError when a seq is missing, not positive or repeated."""
+    seq = events.column("seq").to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.argsort(seq, kind="stable")
+    seq = seq[order]
+    if events.column("seq").null_count or (len(seq) and (seq[0] <= 0 or (np.diff(seq) <= 0).any())):
+        raise ValueError("event seqs must be positive and unique")
+    t = events.take(pa.array(order))
+
+    def text(name: str) -> pa.ChunkedArray:
+        return t.column(name).cast(pa.string())
+
+    table = pa.table(
+        [
+            pa.array(seq),
+            t.column("ts").cast(pa.int64()),
+            t.column("priority").cast(pa.int16()),
+            *[text(c).dictionary_encode() for c in ("kind", "device", "point")],
+            text("message"),
+            text("data"),
+        ],
+        schema=EVENTS_WIRE_SCHEMA,
+    )
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, EVENTS_WIRE_SCHEMA, options=_ipc_options(level)) as writer:
+        writer.write_table(table.combine_chunks())
+    return sink.getvalue().to_pybytes()
+
+
+def _schema_problems(got: pa.Schema, expected: pa.Schema) -> str:
+    """Human-readable difference of two schemas: missing, unexpected and mistyped columns."""
+    got = got.remove_metadata()
+    names = set(got.names)
+    parts = []
+    missing = [n for n in expected.names if n not in names]
+    extra = [n for n in got.names if n not in set(expected.names)]
+    if missing:
+        parts.append(f"missing column(s) {', '.join(missing)}")
+    if extra:
+        parts.append(f"unexpected column(s) {', '.join(extra)}")
+    for f in expected:
+        if f.name in names:
+            g = got.field(f.name)
+            if not g.type.equals(f.type):
+                parts.append(f"column {f.name} is {g.type}, expected {f.type}")
+            elif g.nullable and not f.nullable:
+                parts.append(f"column {f.name} must be declared non-nullable")
+    if not parts and got.names != expected.names:
+        parts.append(f"columns out of order: {', '.join(got.names)}")
+    return "; ".join(parts) or "schema differs"
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def _delta(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Wrapping first difference with a[-1] = 0, same signed dtype (exactly inverted by :func:`_undelta`)."""
@@ -256,7 +345,7 @@ def _decode_values(
                 out[m] = kf[m] / _DIV[e]
                 valid |= m
     if not valid.all():
-        raise CodecError(f"unknown value_code {int(codes[~valid][0])}")
+        raise SchemaMismatch(f"unknown value_code {int(codes[~valid][0])}")
     return out
 
 
@@ -267,11 +356,13 @@ def encode_batch(
     points: PointCatalog | Mapping[int, PointInfo],
     *,
     level: int = 3,
+    events: pa.Table | None = None,
 ) -> bytes:
     """Encode store rows (:data:`READINGS_SCHEMA` columns, any order) as one ``gwsync/1`` body.
 
     ``points`` must name every point id present (ids it lacks travel without a name, and the receiver
-    quarantines their rows). ``level`` is the zstd level.
+    quarantines their rows). ``level`` is the zstd level. ``events``: store events (``Store.events_after``,
+    :data:`EVENTS_SCHEMA` columns) to carry in the optional events section; ``rows`` may then be empty.
     """
     if not gateway_id or len(gateway_id) > MAX_GATEWAY_ID_LEN:
         raise ValueError(f"gateway_id must be 1..{MAX_GATEWAY_ID_LEN} characters")
@@ -308,6 +399,12 @@ def encode_batch(
         "last_seq": str(int(seq.max())) if n else "0",
         "points": points_b64,
     }
+    if events is not None and events.num_rows:
+        eseq = events.column("seq")
+        meta["events"] = base64.b64encode(events_stream(events, level)).decode("ascii")
+        meta["events_count"] = str(events.num_rows)
+        meta["first_event_seq"] = str(pc.min(eseq).as_py())
+        meta["last_event_seq"] = str(pc.max(eseq).as_py())
     schema = WIRE_SCHEMA.with_metadata(meta)
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
     sink = pa.BufferOutputStream()
@@ -323,6 +420,7 @@ class DecodedBatch:
     rows: pa.Table  # READINGS_SCHEMA, ordered by seq (stable)
     points: pa.Table  # POINTS_SCHEMA, one row per named point present, sorted by point_id
     meta: dict[str, str]  # all schema metadata, decoded as UTF-8
+    events: pa.Table = field(default_factory=EVENTS_SCHEMA.empty_table)  # EVENTS_SCHEMA, ordered by seq
 
 
 def peek_gateway_id(body: bytes) -> str:
@@ -339,17 +437,20 @@ def peek_gateway_id(body: bytes) -> str:
 
 def _gateway_from_meta(meta: Mapping[str, str]) -> str:
     if meta.get("format") != FORMAT:
-        raise CodecError(f"schema metadata 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
+        raise SchemaMismatch(f"schema metadata 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
     gw = meta.get("gateway_id", "")
     if not gw or len(gw) > MAX_GATEWAY_ID_LEN or not gw.isprintable():
-        raise CodecError("schema metadata 'gateway_id' missing or invalid")
+        raise SchemaMismatch(
+            f"schema metadata 'gateway_id' missing or invalid (1..{MAX_GATEWAY_ID_LEN} printable characters)"
+        )
     return gw
 
 
 def decode_batch(body: bytes, *, max_decompressed_bytes: int | None = None) -> DecodedBatch:
-    """Decode a ``gwsync/1`` body. Raises CodecError when malformed, PayloadTooLarge when its buffers (and the
-    nested points stream) would decompress to more than ``max_decompressed_bytes``: checked from the IPC
-    metadata before anything is decompressed. Delta chains restart in every record batch.
+    """Decode a ``gwsync/1`` body. Raises CodecError when the bytes are not a readable Arrow IPC stream,
+    SchemaMismatch (a CodecError) when the stream is not ``gwsync/1``, PayloadTooLarge when its buffers (and
+    the nested points/events streams) would decompress to more than ``max_decompressed_bytes``: checked from
+    the IPC metadata before anything is decompressed. Delta chains restart in every record batch.
     """
     try:
         reader = ipc.open_stream(pa.py_buffer(body))
@@ -359,16 +460,17 @@ def decode_batch(body: bytes, *, max_decompressed_bytes: int | None = None) -> D
     meta = _meta(schema)
     gateway_id = _gateway_from_meta(meta)
     if not schema.remove_metadata().equals(WIRE_SCHEMA):
-        raise CodecError(f"schema does not match {FORMAT}: got {schema.remove_metadata()}")
-    try:
-        points_ipc = base64.b64decode(meta.get("points", ""), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise CodecError(f"schema metadata 'points' is not base64: {e}") from e
+        raise SchemaMismatch(
+            f"schema does not match {FORMAT}: {_schema_problems(schema, WIRE_SCHEMA)}"
+        )
+    points_ipc = _nested(meta, "points")
+    events_ipc = _nested(meta, "events")
     if max_decompressed_bytes is not None:
-        size = _stream_decompressed_size(body) + _stream_decompressed_size(points_ipc)
+        size = sum(_stream_decompressed_size(b) for b in (body, points_ipc, events_ipc))
         if size > max_decompressed_bytes:
             raise PayloadTooLarge(f"payload decompresses to {size} bytes, limit {max_decompressed_bytes}")
     points = _decode_points(points_ipc)
+    events = _decode_events(events_ipc)
     try:
         batches = list(reader)
     except (pa.ArrowException, ValueError, OSError) as e:
@@ -381,7 +483,14 @@ def decode_batch(body: bytes, *, max_decompressed_bytes: int | None = None) -> D
     else:
         rows = pa.concat_tables(parts)
         rows = rows.take(pa.array(np.argsort(rows.column("seq").to_numpy(), kind="stable")))
-    return DecodedBatch(gateway_id, rows, points, meta)
+    return DecodedBatch(gateway_id, rows, points, meta, events)
+
+
+def _nested(meta: Mapping[str, str], key: str) -> bytes:
+    try:
+        return base64.b64decode(meta.get(key, ""), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise SchemaMismatch(f"schema metadata {key!r} is not base64: {e}") from e
 
 
 def _meta(schema: pa.Schema) -> dict[str, str]:
@@ -392,24 +501,49 @@ def _meta(schema: pa.Schema) -> dict[str, str]:
 def _decode_points(data: bytes) -> pa.Table:
     if not data:
         return POINTS_SCHEMA.empty_table()
-    try:
-        reader = ipc.open_stream(pa.py_buffer(data))
-        if not reader.schema.remove_metadata().equals(POINTS_WIRE_SCHEMA):
-            raise CodecError(f"points schema does not match {FORMAT}: got {reader.schema}")
-        table = reader.read_all()
-        table.validate(full=True)
-    except (pa.ArrowException, ValueError, OSError) as e:
-        raise CodecError(f"invalid points stream: {e}") from e
+    table = _read_nested(data, "points", POINTS_WIRE_SCHEMA)
     if table.column("id_delta").null_count:
-        raise CodecError("points: null id_delta")
+        raise SchemaMismatch("points: null id_delta")
     ids = _undelta(table.column("id_delta").to_numpy().astype(np.int32))
     if len(ids) > 1 and not (np.diff(ids.astype(np.int64)) > 0).all():
-        raise CodecError("points: ids must be strictly increasing")
+        raise SchemaMismatch("points: ids must be strictly increasing")
     device = table.column("device").cast(pa.string())
     point = table.column("point").cast(pa.string())
     unit = table.column("unit").cast(pa.string())
     full_name = pc.coalesce(table.column("name"), pc.binary_join_element_wise(device, point, "."))
     return pa.table([pa.array(ids, type=pa.int32()), full_name, device, point, unit], schema=POINTS_SCHEMA)
+
+
+def _read_nested(data: bytes, what: str, expected: pa.Schema) -> pa.Table:
+    """Read a nested IPC stream from the metadata (SchemaMismatch: it is part of a readable outer stream)."""
+    try:
+        reader = ipc.open_stream(pa.py_buffer(data))
+        if not reader.schema.remove_metadata().equals(expected):
+            raise SchemaMismatch(
+                f"{what} schema does not match {FORMAT}: {_schema_problems(reader.schema, expected)}"
+            )
+        table = reader.read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise SchemaMismatch(f"invalid {what} stream: {e}") from e
+    return table
+
+
+def _decode_events(data: bytes) -> pa.Table:
+    if not data:
+        return EVENTS_SCHEMA.empty_table()
+    table = _read_nested(data, "events", EVENTS_WIRE_SCHEMA)
+    if table.num_rows > MAX_EVENTS_PER_BATCH:
+        raise SchemaMismatch(f"events: {table.num_rows} events, at most {MAX_EVENTS_PER_BATCH} per batch")
+    for name in ("seq", "ts", "priority"):
+        if table.column(name).null_count:
+            raise SchemaMismatch(f"events: column {name} has nulls")
+    seq = table.column("seq").to_numpy()
+    if len(seq) and (seq[0] <= 0 or (np.diff(seq) <= 0).any()):
+        raise SchemaMismatch("events: seq must be positive and strictly increasing")
+    cols = [table.column(n) if n in ("seq", "ts", "priority") else table.column(n).cast(pa.string())
+            for n in EVENTS_SCHEMA.names]  # fmt: skip
+    return pa.table(cols, schema=EVENTS_SCHEMA).combine_chunks()
 
 
 def _decode_record_batch(batch: pa.RecordBatch) -> pa.Table:
@@ -419,7 +553,7 @@ def _decode_record_batch(batch: pa.RecordBatch) -> pa.Table:
         raise CodecError(f"invalid record batch: {e}") from e
     for name in WIRE_SCHEMA.names:
         if batch.column(name).null_count:
-            raise CodecError(f"column {name!r} has nulls")
+            raise SchemaMismatch(f"column {name!r} has nulls")
     pid = _undelta(batch.column("point_id_delta").to_numpy())
     seq = _undelta(batch.column("seq_delta").to_numpy())
     ts = _undelta(batch.column("ts_delta").to_numpy())
@@ -451,14 +585,14 @@ def _decode_record_batch(batch: pa.RecordBatch) -> pa.Table:
 
 # --------------------------------------------------------------------------------------------- size bound
 def decompressed_size(body: bytes) -> int:
-    """Bytes a ``gwsync/1`` body decompresses to (its buffers plus the nested points stream's), computed from
-    the IPC metadata without decompressing anything. CodecError when the framing is broken."""
+    """Bytes a ``gwsync/1`` body decompresses to (its buffers plus the nested points and events streams'),
+    computed from the IPC metadata without decompressing anything. CodecError when the framing is broken."""
     try:
         meta = _meta(ipc.open_stream(pa.py_buffer(body)).schema)
-        points_ipc = base64.b64decode(meta.get("points", ""), validate=True)
-    except (pa.ArrowException, ValueError, OSError, binascii.Error) as e:
+    except (pa.ArrowException, ValueError, OSError) as e:
         raise CodecError(f"not a valid Arrow IPC stream: {e}") from e
-    return _stream_decompressed_size(body) + _stream_decompressed_size(points_ipc)
+    nested = [_nested(meta, "points"), _nested(meta, "events")]
+    return sum(_stream_decompressed_size(b) for b in (body, *nested))
 
 
 def _stream_decompressed_size(body: bytes) -> int:

@@ -3,7 +3,8 @@
 ::
 
     SyncError
-    ├── CodecError            a payload is not a valid batch (receiver answers 400)
+    ├── CodecError            a payload is not a valid batch: not Arrow IPC at all (receiver answers 400)
+    │   ├── SchemaMismatch    a well-formed Arrow stream that is not gwsync/1: format, schema, content (422)
     │   └── PayloadTooLarge   body or decompressed size over the configured limit (receiver answers 413)
     ├── UploadError           an upload did not get a 2xx (uploader side)
     │   ├── RetryableUpload   connection error, timeout, 5xx, 408 or 429; ``retry_after_s`` from Retry-After
@@ -21,6 +22,12 @@ class SyncError(Exception):
 
 class CodecError(SyncError):
     """The bytes are not a valid sync batch (wrong format, schema, types or lengths)."""
+
+
+class SchemaMismatch(CodecError):
+    """The bytes are a readable Arrow IPC stream, but not a ``gwsync/1`` batch: wrong ``format`` metadata, a
+    missing or mistyped column, nulls, an unknown value code, an invalid events section. The message names
+    what is wrong. The receiver answers 422 (unprocessable), not 400 (unparseable)."""
 
 
 class PayloadTooLarge(CodecError):

@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("receiver", help="run the reference cloud ingestion receiver")
     receiver_options(rc)
 
+    from cloud_sync.receiver.server import build_token_parser
+
+    rt = sub.add_parser("receiver-token", help="mint a receiver token for a gateway (stores only its hash)")
+    build_token_parser(rt)
+
     i = sub.add_parser(
         "import-scl",
         help="write the [[links]] table of an IEC 61850 IED from its SCL file (.icd/.cid/.scd)",
@@ -141,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cloud_sync.receiver.server import run_from_args
 
             return run_from_args(args)
+        if args.command == "receiver-token":
+            from cloud_sync.receiver.server import mint_from_args
+
+            return mint_from_args(args)
         if args.command == "demo":
             from gateway.demo import run_demo
 

@@ -206,6 +206,9 @@ def fill_kwargs(
     return out, ok
 
 
+_MQTT_ONLY_SINK_KEYS: typing.Final = ("topic_prefix", "qos", "keepalive_s", "client_id", "max_payload_bytes")
+
+
 class _Loader:
     def __init__(self, file: str, strict_protection: bool = True) -> None:
         self.file = file
@@ -365,8 +368,12 @@ class _Loader:
             seen.add(kw["name"])
             if kw.get("type", "http") == "mqtt":
                 self.mqtt_sink(kw, key)
-            elif not str(kw["url"]).startswith(("http://", "https://")):
-                self.err(f"{key}.url", f"expected an http:// or https:// URL, got {kw['url']!r}")
+            else:
+                if not str(kw["url"]).startswith(("http://", "https://")):
+                    self.err(f"{key}.url", f"expected an http:// or https:// URL, got {kw['url']!r}")
+                for f in _MQTT_ONLY_SINK_KEYS:
+                    if f in kw:
+                        self.err(f"{key}.{f}", 'only used by type = "mqtt" sinks')
             if kw.get("batch_size", 1) < 1:
                 self.err(f"{key}.batch_size", "must be >= 1")
             for f in ("max_interval_s", "timeout_s", "retry_max_s"):

@@ -997,7 +997,8 @@ class Store:
         if action == "downsampled":
             res = retention.downsample(con, lo, hi, lambda ids: self._avg_points(con, work, ids))
             for sink, wm in self.watermarks().items():
-                self._count_partial_hole(con, work, sink, wm, [(lo, hi, 0)])
+                if "#" not in sink:  # reading watermarks only ("<sink>#events" counts events)
+                    self._count_partial_hole(con, work, sink, wm, [(lo, hi, 0)])
         elif action == "evicted":
             res = retention.evict(con, lo, hi)
         else:
@@ -1036,7 +1037,7 @@ class Store:
                     self._holes = [h for h in self._holes if h[1] > res.hi]
 
         work.after_publish = publish
-        sinks = self._sinks if self._sinks is not None else tuple(self._watermarks)
+        sinks = self._sinks if self._sinks is not None else tuple(w for w in self._watermarks if "#" not in w)
         unacked = sorted(s for s in sinks if self._watermarks.get(s, 0) < res.hi) if res.hi else []
         what = (f"{removed} readings downsampled to per-minute min/max/avg/last" if res.action == "downsampled"
                 else f"{removed} readings and {res.events_evicted} low-priority events evicted")  # fmt: skip

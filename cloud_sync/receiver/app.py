@@ -4,9 +4,12 @@ The contract (headers, payload, responses, idempotency, limits) is documented in
 :data:`OPENAPI`; keep the three consistent.
 
 Request flow of ``POST /v1/batches`` (cheap checks first, so unauthenticated clients cost almost nothing):
-bearer token known (401) → body within ``max_body_bytes`` (413) → schema metadata names a gateway (400) →
-the token belongs to that gateway (403) → decompressed size within ``max_decompressed_bytes`` (413) → decode
-(400) → validate → land in one transaction (503 with Retry-After when the database fails) → 200 with counts.
+bearer token known (401) → body within ``max_body_bytes`` (413) → an Arrow stream (400) whose schema metadata
+says ``gwsync/1`` and names a gateway (422) → the token belongs to that gateway (403) → decompressed size
+within ``max_decompressed_bytes`` (413) → decode (400 unreadable, 422 not gwsync/1) → validate → land readings
+and events in one transaction (503 with Retry-After when the database fails) → 200 with counts.
+
+Tokens are kept hashed (:mod:`cloud_sync.receiver.tokens`); plain ones are hashed when the app is built.
 
 Decoding and validation run in worker threads (``asyncio.to_thread``); database work runs in the backend's
 single worker thread. The event loop never blocks.
@@ -16,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
@@ -28,8 +31,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cloud_sync.codec import CONTENT_TYPE, FORMAT, DecodedBatch, decode_batch, peek_gateway_id
-from cloud_sync.errors import BackendError, CodecError, PayloadTooLarge
+from cloud_sync.errors import BackendError, CodecError, PayloadTooLarge, SchemaMismatch
 from cloud_sync.receiver.backends import Backend
+from cloud_sync.receiver.tokens import TokenTable
 from cloud_sync.receiver.validate import REASONS, split_rows
 
 log = logging.getLogger(__name__)
@@ -51,16 +55,13 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def _token_known(tokens: Mapping[str, str], token: str) -> bool:
-    found = False
-    for t in tokens.values():  # no early exit: constant work whatever the token
-        found |= hmac.compare_digest(t.encode(), token.encode())
-    return found
-
-
-def _token_matches(tokens: Mapping[str, str], gateway_id: str, token: str) -> bool:
-    expected = tokens.get(gateway_id)
-    return expected is not None and hmac.compare_digest(expected.encode(), token.encode())
+def _codec_error(e: CodecError) -> JSONResponse:
+    """400 for bytes that are not a readable Arrow stream, 422 for a readable stream that is not gwsync/1."""
+    if isinstance(e, PayloadTooLarge):
+        return _error(413, "too-large", str(e))
+    if isinstance(e, SchemaMismatch):
+        return _error(422, "unprocessable", str(e))
+    return _error(400, "malformed", str(e))
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -83,50 +84,48 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def build_app(
     backend: Backend,
-    tokens: Mapping[str, str],
+    tokens: Mapping[str, str] | TokenTable,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
     *,
     clock_ns: Callable[[], int] = time.time_ns,
 ) -> Starlette:
-    """The receiver app. ``tokens`` maps gateway id → bearer token (copied). The app owns ``backend``: it is
+    """The receiver app. ``tokens`` maps gateway id → bearer token, plain or ``sha256:<hex>`` (hashed and
+    copied), or is a :class:`TokenTable`. The app owns ``backend``: it is
     closed when the app's lifespan ends (servers run the lifespan; test transports may not, so close the
     backend yourself there). ``clock_ns`` (UTC epoch ns) bounds acceptable timestamps.
     """
-    tokens = dict(tokens)
+    table = tokens if isinstance(tokens, TokenTable) else TokenTable(tokens)
 
     async def post_batch(request: Request) -> Response:
         token = _bearer(request)
         if token is None:
             return _error(401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"})
-        if not _token_known(tokens, token):
+        if not table.known(token):
             return _error(401, "unauthenticated", "unknown token", {"WWW-Authenticate": "Bearer"})
         try:
             body = await _read_body(request, max_body_bytes)
-        except PayloadTooLarge as e:
-            return _error(413, "too-large", str(e))
-        except CodecError as e:
-            return _error(400, "malformed", str(e))
-        try:
             gateway_id = peek_gateway_id(body)
         except CodecError as e:
-            return _error(400, "malformed", str(e))
-        if not _token_matches(tokens, gateway_id, token):
+            return _codec_error(e)
+        if not table.valid_for(gateway_id, token):
             return _error(403, "forbidden", f"token is not valid for gateway {gateway_id!r}")
         try:
             decoded: DecodedBatch = await asyncio.to_thread(
                 decode_batch, body, max_decompressed_bytes=max_decompressed_bytes
             )
-        except PayloadTooLarge as e:
-            return _error(413, "too-large", str(e))
         except CodecError as e:
-            return _error(400, "malformed", str(e))
+            return _codec_error(e)
         rows = decoded.rows
+        events = decoded.events
         key = request.headers.get("idempotency-key")
         if key is None:
             if rows.num_rows:
                 seqs = rows.column("seq")
                 key = f"{gateway_id}:{seqs[0].as_py()}-{seqs[-1].as_py()}"
+            elif events.num_rows:
+                eseq = events.column("seq")
+                key = f"{gateway_id}:e{eseq[0].as_py()}-{eseq[-1].as_py()}"
             else:
                 key = f"{gateway_id}:empty"
         elif not key or len(key) > MAX_BATCH_KEY_LEN or not key.isprintable():
@@ -136,7 +135,9 @@ def build_app(
         now = clock_ns()
         split = await asyncio.to_thread(split_rows, rows, decoded.points, now)
         try:
-            result = await backend.land(gateway_id, key, split.valid, split.quarantine, decoded.points, now)
+            result = await backend.land(
+                gateway_id, key, split.valid, split.quarantine, decoded.points, now, events=events
+            )
         except BackendError as e:
             log.error("receiver database error landing %s: %s", key, e)
             return _error(503, "unavailable", "database error; retry later", {"Retry-After": "1"})
@@ -154,15 +155,18 @@ def build_app(
                 "quarantined": result.quarantined,
                 "quarantine_reasons": reasons,
                 "replay": result.replay,
+                "events": events.num_rows,
+                "events_accepted": result.events_accepted,
+                "events_duplicates": result.events_duplicates,
             }
         )
 
     async def gateway_stats(request: Request) -> Response:
         gateway_id = request.path_params["gateway_id"]
         token = _bearer(request)
-        if token is None or not _token_known(tokens, token):
+        if token is None or not table.known(token):
             return _error(401, "unauthenticated", "missing or unknown token", {"WWW-Authenticate": "Bearer"})
-        if not _token_matches(tokens, gateway_id, token):
+        if not table.valid_for(gateway_id, token):
             return _error(403, "forbidden", f"token is not valid for gateway {gateway_id!r}")
         try:
             stats = await backend.stats(gateway_id)
@@ -176,9 +180,10 @@ def build_app(
             await backend.ping()
         except BackendError as e:
             return JSONResponse(
-                {"status": "error", "backend": backend.kind, "message": str(e)}, status_code=503
+                {"status": "error", "backend": backend.kind, "pid": os.getpid(), "message": str(e)},
+                status_code=503,
             )
-        return JSONResponse({"status": "ok", "backend": backend.kind})
+        return JSONResponse({"status": "ok", "backend": backend.kind, "pid": os.getpid()})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(max_body_bytes, max_decompressed_bytes))
@@ -231,7 +236,14 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
                     "properties": {
                         "error": {
                             "type": "string",
-                            "enum": ["unauthenticated", "forbidden", "too-large", "malformed", "unavailable"],
+                            "enum": [
+                                "unauthenticated",
+                                "forbidden",
+                                "too-large",
+                                "malformed",
+                                "unprocessable",
+                                "unavailable",
+                            ],
                         },
                         "message": {"type": "string"},
                     },
@@ -260,6 +272,9 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
                             "description": "count per reason: " + ", ".join(REASONS),
                         },
                         "replay": {"type": "boolean", "description": "the batch key was received before"},
+                        "events": {"type": "integer", "description": "events in the batch"},
+                        "events_accepted": {"type": "integer", "description": "events stored by this request"},
+                        "events_duplicates": {"type": "integer", "description": "events already stored"},
                     },
                 },
                 "GatewayStats": {
@@ -270,6 +285,8 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
                         "last_seq": {"type": "integer"},
                         "quarantined": {"type": "integer"},
                         "batches": {"type": "integer"},
+                        "events": {"type": "integer"},
+                        "last_event_seq": {"type": "integer"},
                     },
                 },
             },
@@ -278,14 +295,17 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
         "paths": {
             "/v1/batches": {
                 "post": {
-                    "summary": "Upload one batch of readings (exactly-once by (gateway_id, seq)).",
+                    "summary": "Upload one batch of readings and events (exactly-once by (gateway_id, seq)).",
                     "parameters": [
                         {
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
                             "schema": {"type": "string", "maxLength": MAX_BATCH_KEY_LEN},
-                            "description": "<gateway_id>:<first_seq>-<last_seq>; a repeated key is a no-op.",
+                            "description": (
+                                "<gateway_id>:<first_seq>-<last_seq> (events-only batch: "
+                                "<gateway_id>:e<first_event_seq>-<last_event_seq>); a repeated key is a no-op."
+                            ),
                         },
                     ],
                     "requestBody": {
@@ -303,9 +323,10 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
                                 "application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}
                             },
                         },
-                        "400": err("Malformed payload or header."),
+                        "400": err("Payload is not an Arrow IPC stream (or is truncated), or a bad header."),
                         **auth_errors,
                         "413": err("Body or decompressed size over the limit."),
+                        "422": err("A readable Arrow stream that is not gwsync/1; the message names the problem."),
                         "503": err("Database unavailable; retry after Retry-After seconds."),
                     },
                 }
@@ -331,7 +352,10 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
                 "get": {
                     "summary": "Liveness and database reachability.",
                     "security": [],
-                    "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}},
+                    "responses": {
+                        "200": {"description": "ok: {status, backend, pid}"},
+                        "503": {"description": "database down"},
+                    },
                 }
             },
             "/openapi.json": {

@@ -2,26 +2,41 @@
 (an async context manager that serves on the current event loop; tests and the benchmark use it).
 
 Tokens (gateway id → bearer token) come from, merged in this order (later wins):
-``GATEWAY_RECEIVER_TOKENS`` env var (``gw1=tok1,gw2=tok2``), ``--token-file`` (one ``GW=TOKEN`` per line,
-``#`` comments) and ``--token GW=TOKEN`` options.
+``GATEWAY_RECEIVER_TOKENS`` env var (``gw1=tok1,gw2=tok2``), ``--token-file`` (one ``GW=TOKEN`` or
+``GW=sha256:<hex>`` per line, ``#`` comments) and ``--token GW=TOKEN`` options. Plain tokens are hashed when
+the app is built (:mod:`cloud_sync.receiver.tokens`); ``mint_main`` (``python -m cloud_sync.receiver token``,
+``gateway receiver-token``) makes a new token and appends its hash to a token file.
+
+``--workers N`` (PostgreSQL only) runs N receiver processes behind one listening socket: uvicorn's
+multi-process supervisor binds the socket once and spawns N workers that accept on it; each worker builds its
+app with :func:`worker_app` from settings this process puts in :data:`WORKER_ENV` (tokens already hashed).
+The parent creates/checks the database schema before any worker starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+from starlette.applications import Starlette
 
+from cloud_sync.errors import BackendError
 from cloud_sync.receiver.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES, build_app
 from cloud_sync.receiver.backends import open_backend
+from cloud_sync.receiver.tokens import TokenTable, append_hashed_token, check_gateway_id, mint_token
 from gateway.asgi_server import AsgiServer
 
 TOKENS_ENV: Final = "GATEWAY_RECEIVER_TOKENS"
+WORKER_ENV: Final = "GATEWAY_RECEIVER_WORKER_CONFIG"  # JSON settings for worker_app() (set by serve())
+DEFAULT_TOKEN_FILE: Final = Path("receiver.tokens")
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +77,26 @@ class ReceiverServer(AsgiServer):
         super().__init__(app, host, port, name="receiver", lifespan="on", log_level=log_level)
 
 
+def _check_backend(db: str, db_schema: str | None) -> None:
+    """Open the database once (creating or checking its schema) and close it; BackendError if it cannot."""
+    backend = open_backend(db, schema=db_schema)
+    try:
+        asyncio.run(backend.ping())
+    finally:
+        backend.close()
+
+
+def worker_app() -> Starlette:
+    """App factory of one ``--workers`` process (uvicorn calls it in the worker): settings from WORKER_ENV."""
+    cfg = json.loads(os.environ[WORKER_ENV])
+    return build_app(
+        open_backend(cfg["db"], schema=cfg["db_schema"]),
+        TokenTable(cfg["tokens"]),
+        int(cfg["max_body_bytes"]),
+        int(cfg["max_decompressed_bytes"]),
+    )
+
+
 def serve(
     db: str,
     host: str = "127.0.0.1",
@@ -71,11 +106,43 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
     log_level: str = "info",
+    workers: int = 1,
+    db_schema: str | None = None,
 ) -> None:
-    """Run the receiver until SIGINT/SIGTERM. ``db``: a DuckDB file path or a ``postgresql://`` URL."""
-    if not tokens:
+    """Run the receiver until SIGINT/SIGTERM. ``db``: a DuckDB file path or a ``postgresql://`` URL
+    (``db_schema``: its tables live in that schema). ``workers`` > 1 (PostgreSQL only): that many processes
+    share the listening socket. Raises BackendError when the database cannot be opened (checked first) and
+    ValueError for an invalid combination of options."""
+    if workers < 1:
+        raise ValueError("--workers must be >= 1")
+    is_pg = db.startswith(("postgresql://", "postgres://"))
+    if workers > 1 and not is_pg:
+        raise ValueError("--workers > 1 needs a postgresql:// database (a DuckDB file has a single writer)")
+    table = TokenTable(tokens or {})
+    if not len(table):
         log.warning("receiver has no tokens: every upload will be refused with 401")
-    app = build_app(open_backend(db), tokens or {}, max_body_bytes, max_decompressed_bytes)
+    _check_backend(db, db_schema)
+    if workers > 1:
+        settings = {
+            "db": db,
+            "db_schema": db_schema,
+            "tokens": table.hashed(),
+            "max_body_bytes": max_body_bytes,
+            "max_decompressed_bytes": max_decompressed_bytes,
+        }
+        os.environ[WORKER_ENV] = json.dumps(settings)
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            lifespan="on",
+            ws="none",
+            log_level=log_level,
+        )
+        return
+    app = build_app(open_backend(db, schema=db_schema), table, max_body_bytes, max_decompressed_bytes)
     uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, lifespan="on", ws="none", log_level=log_level)
     ).run()
@@ -87,6 +154,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         prog="gateway receiver", description="Reference ingestion receiver."
     )
     p.add_argument("--db", default="receiver.duckdb", help="DuckDB file path or postgresql:// URL")
+    p.add_argument("--db-schema", help="PostgreSQL schema for the receiver's tables (created if missing)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="receiver processes sharing the port (PostgreSQL only; default 1)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8081, help="TCP port to listen on")
     p.add_argument(
@@ -96,7 +170,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         metavar="GATEWAY_ID=TOKEN",
         help=f"accepted token for a gateway (repeatable); also ${TOKENS_ENV} and --token-file",
     )
-    p.add_argument("--token-file", type=Path, help="file of GATEWAY_ID=TOKEN lines")
+    p.add_argument("--token-file", type=Path, help="file of GATEWAY_ID=sha256:HEX (or GATEWAY_ID=TOKEN) lines")
     p.add_argument(
         "--max-body-mb",
         type=float,
@@ -119,21 +193,68 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"gateway receiver: {e}")
         return 2
-    serve(
-        args.db,
-        args.host,
-        args.port,
-        tokens,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_decompressed_bytes=int(args.max_decompressed_mb * 2**20),
-        log_level=args.log_level,
-    )
+    try:
+        serve(
+            args.db,
+            args.host,
+            args.port,
+            tokens,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            max_decompressed_bytes=int(args.max_decompressed_mb * 2**20),
+            log_level=args.log_level,
+            workers=args.workers,
+            db_schema=args.db_schema,
+        )
+    except ValueError as e:
+        print(f"gateway receiver: {e}", file=sys.stderr)
+        return 2
+    except BackendError as e:
+        print(f"gateway receiver: {e}", file=sys.stderr)
+        return 4
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``gateway receiver`` entry point; returns the exit code."""
     return run_from_args(build_parser().parse_args(argv))
+
+
+def build_token_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options of ``python -m cloud_sync.receiver token`` / ``gateway receiver-token``."""
+    p = parser or argparse.ArgumentParser(
+        prog="python -m cloud_sync.receiver token",
+        description="Mint a bearer token for a gateway: append its hash to the token file, print it once.",
+    )
+    p.add_argument("gateway_id", metavar="GATEWAY_ID", help="the gateway's id ([gateway] id in its config)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=DEFAULT_TOKEN_FILE,
+        help=f"token file to append GATEWAY_ID=sha256:HEX to (default {DEFAULT_TOKEN_FILE}; created 0600)",
+    )
+    return p
+
+
+def mint_from_args(args: argparse.Namespace) -> int:
+    """Mint a token, append its hash, print the token (the only time it is shown) on stdout."""
+    try:
+        gateway_id = check_gateway_id(args.gateway_id)
+        token = mint_token()
+        append_hashed_token(args.token_file, gateway_id, token)
+    except (ValueError, OSError) as e:
+        print(f"receiver token: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    print(
+        f"appended the hash for {gateway_id} to {args.token_file}; put the token above in the gateway's "
+        "[[sinks]] token (it is not stored anywhere)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def mint_main(argv: Sequence[str] | None = None) -> int:
+    return mint_from_args(build_token_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -245,3 +245,106 @@ def test_lying_length_prefix_is_caught_before_decompressing() -> None:
     assert decompressed_size(bytes(body)) > size
     with pytest.raises(PayloadTooLarge):
         decode_batch(bytes(body), max_decompressed_bytes=10**8)
+
+
+# ----------------------------------------------------------------------------------------------- events
+def events_table(seqs: list[int], t0: int = 1_750_000_000_000_000_000) -> pa.Table:
+    """Store events (storefwd EVENTS_SCHEMA layout) with the given seqs."""
+    n = len(seqs)
+    return pa.table(
+        {
+            "seq": pa.array(seqs, pa.int64()),
+            "ts": pa.array([t0 + i for i in range(n)], pa.int64()),
+            "priority": pa.array([i % 3 for i in range(n)], pa.int16()),
+            "kind": [["trip", "alarm", "gap"][i % 3] for i in range(n)],
+            "device": [f"feeder{i % 2}" for i in range(n)],
+            "point": ["" if i % 2 else "XCBR1" for i in range(n)],
+            "message": [f"event {s}" for s in seqs],
+            "data": ['{"phase":"A","amps":1234.5}' if i == 0 else "" for i in range(n)],
+        }
+    )
+
+
+def test_events_travel_with_readings_and_alone() -> None:
+    from cloud_sync.codec import EVENTS_SCHEMA
+
+    events = events_table([7, 5, 6])  # any order in, seq order out
+    body = encode_batch(rows_table(100), "gw", point_infos(), events=events)
+    out = decode_batch(body, max_decompressed_bytes=10**8)
+    assert out.rows.num_rows == 100
+    assert out.events.schema.equals(EVENTS_SCHEMA)
+    assert out.events.column("seq").to_pylist() == [5, 6, 7]
+    by_seq = {e["seq"]: e for e in out.events.to_pylist()}
+    assert by_seq[7]["data"] == '{"phase":"A","amps":1234.5}' and by_seq[7]["point"] == "XCBR1"
+    assert (out.meta["events_count"], out.meta["first_event_seq"], out.meta["last_event_seq"]) == ("3", "5", "7")
+
+    alone = decode_batch(encode_batch(READINGS_SCHEMA.empty_table(), "gw", {}, events=events))
+    assert alone.rows.num_rows == 0 and alone.events.column("seq").to_pylist() == [5, 6, 7]
+    assert decode_batch(encode_batch(rows_table(5), "gw", point_infos())).events.num_rows == 0
+
+
+def test_decompressed_size_counts_the_events_stream() -> None:
+    rows = rows_table(10)
+    plain = encode_batch(rows, "gw", point_infos())
+    events = events_table(list(range(1, 2001)))
+    with_events = encode_batch(rows, "gw", point_infos(), events=events)
+    size = decompressed_size(with_events)
+    assert size > decompressed_size(plain) + 2000 * 8  # at least the seq column of the events
+    decode_batch(with_events, max_decompressed_bytes=size)
+    with pytest.raises(PayloadTooLarge):
+        decode_batch(with_events, max_decompressed_bytes=size - 1)
+
+
+def test_encoder_refuses_repeated_event_seqs() -> None:
+    with pytest.raises(ValueError, match="event seqs"):
+        encode_batch(READINGS_SCHEMA.empty_table(), "gw", {}, events=events_table([1, 1]))
+
+
+def _with_meta(body: bytes, **changes: str) -> bytes:
+    """Re-frame ``body``'s record batch under changed schema metadata (values are UTF-8 text)."""
+    reader = ipc.open_stream(pa.py_buffer(body))
+    meta = {k.decode(): v.decode() for k, v in (reader.schema.metadata or {}).items()}
+    meta.update(changes)
+    return _stream(reader.read_next_batch(), meta)
+
+
+def _nested_stream(table: pa.Table) -> str:
+    import base64
+
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return base64.b64encode(sink.getvalue().to_pybytes()).decode()
+
+
+def test_schema_problems_are_schema_mismatch_naming_the_problem() -> None:
+    from cloud_sync.codec import EVENTS_WIRE_SCHEMA
+    from cloud_sync.errors import SchemaMismatch
+
+    good = encode_batch(rows_table(20), "gw", point_infos())
+    batch = next(iter(ipc.open_stream(pa.py_buffer(good))))
+    meta = {"format": "gwsync/1", "gateway_id": "gw"}
+    dropped = _stream(batch.drop_columns(["quality"]), meta)
+    retyped = _stream(batch.set_column(1, "seq_delta", batch.column(1).cast(pa.int32())), meta)
+    bad_seq = pa.table(
+        [pa.array([3, 2], pa.int64()), pa.array([1, 2], pa.int64()), pa.array([0, 0], pa.int16()),
+         *[pa.array(["a", "b"]).dictionary_encode() for _ in range(3)], pa.array(["m", "m"]),
+         pa.array(["", ""])],
+        schema=EVENTS_WIRE_SCHEMA,
+    )  # fmt: skip
+    cases = {
+        "missing column(s) quality": dropped,
+        "column seq_delta is int32, expected int64": retyped,
+        "'format' must be 'gwsync/1'": _with_meta(good, format="gwsync/2"),
+        "'gateway_id' missing or invalid": _with_meta(good, gateway_id=""),
+        "'events' is not base64": _with_meta(good, events="%%%"),
+        "events schema does not match": _with_meta(good, events=_nested_stream(pa.table({"x": [1]}))),
+        "seq must be positive and strictly increasing": _with_meta(good, events=_nested_stream(bad_seq)),
+    }
+    for message, body in cases.items():
+        with pytest.raises(SchemaMismatch, match=message.replace("(", r"\(").replace(")", r"\)")):
+            decode_batch(body, max_decompressed_bytes=10**8)
+    for unreadable in (b"", b"garbage", good[: len(good) - 100]):  # not an Arrow stream: plain CodecError
+        with pytest.raises(CodecError) as info:
+            decode_batch(unreadable)
+        assert not isinstance(info.value, SchemaMismatch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,17 +66,21 @@ async def test_batch_lands_and_stats_count_it(client: httpx.AsyncClient) -> None
         "last_seq": 1000,
         "quarantined": 0,
         "batches": 1,
+        "events": 0,
+        "last_event_seq": 0,
     }
+    assert (body["events"], body["events_accepted"], body["events_duplicates"]) == (0, 0, 0)
 
 
 async def test_same_batch_twice_lands_once(client: httpx.AsyncClient) -> None:
-    body = encode_batch(rows_table(500), GATEWAY, point_infos())
+    full = rows_table(600)  # a gateway's seq always carries the same ts: slices of one table
+    body = encode_batch(full.slice(0, 500), GATEWAY, point_infos())
     first = (await post(client, body, key=f"{GATEWAY}:1-500")).json()
     again = (await post(client, body, key=f"{GATEWAY}:1-500")).json()
     assert first["accepted"] == 500
     assert (again["accepted"], again["duplicates"], again["replay"]) == (0, 500, True)
     # an overlapping batch under another key: only the new rows land
-    overlap = (await post(client, encode_batch(rows_table(600), GATEWAY, point_infos()))).json()
+    overlap = (await post(client, encode_batch(full, GATEWAY, point_infos()))).json()
     assert (overlap["accepted"], overlap["duplicates"]) == (100, 500)
     assert (await stats(client))["rows"] == 600
     assert (await stats(client))["batches"] == 2
@@ -182,7 +187,7 @@ async def test_duplicate_seq_inside_a_batch_is_quarantined(client: httpx.AsyncCl
 
 async def test_health_and_openapi(client: httpx.AsyncClient, backend: Backend) -> None:
     r = await client.get("/healthz")
-    assert r.json() == {"status": "ok", "backend": backend.kind}
+    assert r.json() == {"status": "ok", "backend": backend.kind, "pid": os.getpid()}
     doc = (await client.get("/openapi.json")).json()
     assert doc == openapi_document(MAX_BODY, MAX_DECOMPRESSED)
     assert set(doc["paths"]) == {
@@ -191,7 +196,7 @@ async def test_health_and_openapi(client: httpx.AsyncClient, backend: Backend) -
         "/healthz",
         "/openapi.json",
     }
-    assert {"200", "400", "401", "403", "413", "503"} <= set(doc["paths"]["/v1/batches"]["post"]["responses"])
+    assert {"200", "400", "401", "403", "413", "422", "503"} <= set(doc["paths"]["/v1/batches"]["post"]["responses"])
 
 
 async def test_points_are_recorded_and_renamed(client: httpx.AsyncClient, backend: Backend) -> None:
@@ -246,6 +251,10 @@ def test_docs_match_the_openapi_document() -> None:
         assert f"`{reason}`" in doc, reason
     for header in ("Authorization", "Idempotency-Key", "Content-Type", "Retry-After", "WWW-Authenticate"):
         assert header in doc, header
+    for field in api["components"]["schemas"]["BatchResult"]["properties"]:
+        assert f'"{field}"' in doc, field
+    for word in ("--workers", "--db-schema", "receiver-token", "sha256:", "`events`"):
+        assert word in doc, word
 
 
 def test_cli_parser_defaults_and_tokens() -> None:
@@ -253,6 +262,17 @@ def test_cli_parser_defaults_and_tokens() -> None:
 
     args = build_parser().parse_args(["--db", "postgresql://u@h/db", "--port", "0", "--token", "a=b"])
     assert (args.db, args.port, args.token, args.max_body_mb) == ("postgresql://u@h/db", 0, ["a=b"], 64.0)
+    assert (args.workers, args.db_schema) == (1, None)
+    args = build_parser().parse_args(["--workers", "3", "--db-schema", "fleet"])
+    assert (args.workers, args.db_schema) == (3, "fleet")
+
+
+def test_workers_need_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud_sync.receiver import main
+
+    assert main(["--db", str(tmp_path / "r.duckdb"), "--workers", "2", "--port", "0"]) == 2
+    assert "needs a postgresql:// database" in capsys.readouterr().err
+    assert not (tmp_path / "r.duckdb").exists()  # refused before opening anything
 
 
 def test_run_from_args_merges_tokens_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,3 +306,134 @@ async def test_duckdb_file_is_readable_by_duckdb_1_2(tmp_path: Path) -> None:
     backend.close()
     header = (tmp_path / "r.duckdb").read_bytes()[:20]
     assert int.from_bytes(header[12:20], "little") == 65  # storage format v1.2.0
+
+
+# ----------------------------------------------------------------------------------------------- 422, 413
+async def test_wrong_schema_or_format_is_422_naming_the_problem(client: httpx.AsyncClient) -> None:
+    import pyarrow.ipc as ipc
+
+    good = encode_batch(rows_table(20), GATEWAY, point_infos())
+    batch = next(iter(ipc.open_stream(pa.py_buffer(good))))
+
+    def stream(b: pa.RecordBatch, meta: dict[str, str]) -> bytes:
+        sink = pa.BufferOutputStream()
+        with ipc.new_stream(sink, b.schema.with_metadata(meta)) as w:
+            w.write_batch(b)
+        return sink.getvalue().to_pybytes()
+
+    meta = {"format": "gwsync/1", "gateway_id": GATEWAY}
+    r = await post(client, stream(batch.drop_columns(["ts_delta"]), meta))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "unprocessable" and "missing column(s) ts_delta" in r.json()["message"]
+    r = await post(client, stream(batch, {**meta, "format": "gwsync/0"}))
+    assert r.status_code == 422 and "'format' must be 'gwsync/1'" in r.json()["message"]
+    assert (await stats(client))["rows"] == 0
+
+
+async def test_crafted_zstd_bomb_is_413_before_decompressing(client: httpx.AsyncClient) -> None:
+    """A small, valid-looking stream whose buffers declare terabytes of decompressed data: refused from the
+    8-byte length prefixes alone (decompressing it would need 1 TiB)."""
+    import struct
+
+    body = bytearray(encode_batch(rows_table(1000), GATEWAY, point_infos()))
+    needle = struct.pack("<q", 8000)  # the seq_delta buffer's declared size (1000 int64)
+    pos = bytes(body).find(needle)
+    assert pos > 0
+    body[pos : pos + 8] = struct.pack("<q", 2**40)
+    r = await post(client, bytes(body))
+    assert r.status_code == 413 and r.json()["error"] == "too-large"
+    assert "decompresses to" in r.json()["message"]
+    assert (await stats(client))["rows"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- events
+def events_table(seqs: list[int], priority: int = 0) -> pa.Table:
+    now = time.time_ns()
+    n = len(seqs)
+    return pa.table(
+        {
+            "seq": pa.array(seqs, pa.int64()),
+            "ts": pa.array([now - 10**9 * (n - i) for i in range(n)], pa.int64()),
+            "priority": pa.array([priority] * n, pa.int16()),
+            "kind": ["trip"] * n,
+            "device": ["feeder1"] * n,
+            "point": ["XCBR1"] * n,
+            "message": [f"trip {s}" for s in seqs],
+            "data": ['{"phase":"B"}'] * n,
+        }
+    )
+
+
+async def test_events_land_once_with_the_readings(client: httpx.AsyncClient, backend: Backend) -> None:
+    from cloud_sync.codec import READINGS_SCHEMA as EMPTY
+
+    body = encode_batch(rows_table(100), GATEWAY, point_infos(), events=events_table([1, 2, 3]))
+    r = (await post(client, body, key=f"{GATEWAY}:1-100")).json()
+    assert (r["accepted"], r["events"], r["events_accepted"], r["events_duplicates"]) == (100, 3, 3, 0)
+    again = (await post(client, body, key=f"{GATEWAY}:1-100")).json()
+    assert (again["accepted"], again["events_accepted"], again["events_duplicates"]) == (0, 0, 3)
+    # an events-only batch overlapping the first; no Idempotency-Key: the receiver derives gw:e<first>-<last>
+    only = (await post(client, encode_batch(EMPTY.empty_table(), GATEWAY, {}, events=events_table([3, 4])))).json()
+    assert (only["rows"], only["events_accepted"], only["events_duplicates"]) == (0, 1, 1)
+    assert only["batch_key"] == f"{GATEWAY}:e3-4"
+    s = await stats(client)
+    assert (s["rows"], s["events"], s["last_event_seq"], s["batches"]) == (100, 4, 4, 2)
+    mark = "?" if backend.kind == "duckdb" else "%s"
+    landed = await backend.query(
+        "SELECT e.seq, e.priority, e.kind, e.device, e.point, e.message, e.data FROM events e "
+        f"JOIN gateways g USING (gw) WHERE g.gateway_id = {mark} ORDER BY e.seq",
+        [GATEWAY],
+    )
+    assert [row[0] for row in landed] == [1, 2, 3, 4]
+    assert landed[0][1:] == (0, "trip", "feeder1", "XCBR1", "trip 1", '{"phase":"B"}')
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+def test_token_table_hashes_plain_tokens_and_accepts_hashes() -> None:
+    from cloud_sync.receiver.tokens import TokenTable, hash_token
+
+    table = TokenTable({"gw-a": "plain-secret", "gw-b": hash_token("other-secret")})
+    assert table.hashed() == {"gw-a": hash_token("plain-secret"), "gw-b": hash_token("other-secret")}
+    assert table.known("plain-secret") and table.known("other-secret")
+    assert not table.known(hash_token("other-secret"))  # the hash itself is not a token
+    assert table.valid_for("gw-b", "other-secret") and not table.valid_for("gw-a", "other-secret")
+    assert not table.valid_for("gw-unknown", "plain-secret")
+    assert hash_token("x") == "sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+
+
+async def test_hashed_token_file_authenticates_over_http(tmp_path: Path, backend: Backend) -> None:
+    from cloud_sync.receiver.tokens import hash_token
+
+    f = tmp_path / "tokens"
+    f.write_text(f"# minted\n{GATEWAY}={hash_token('s3cret-north')}\nsub-south-02=plain-south\n")
+    app = build_app(backend, load_tokens([], f, {}))
+    async with ReceiverServer(app) as server, httpx.AsyncClient(base_url=server.url) as c:
+        body = encode_batch(rows_table(10), GATEWAY, point_infos())
+        assert (await post(c, body, token="s3cret-north")).status_code == 200
+        assert (await post(c, body, token=hash_token("s3cret-north"))).status_code == 401
+        assert (await post(c, body, token="plain-south")).status_code == 403
+
+
+def test_token_command_appends_the_hash_and_prints_the_token_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cloud_sync.receiver.tokens import hash_token
+
+    f = tmp_path / "receiver.tokens"
+    f.write_text("old-gw=sha256:" + "0" * 64)  # no trailing newline: the command adds one
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "cloud_sync.receiver", "token", "gw-new", "--token-file", str(f)],
+                         cwd=root, capture_output=True, text=True, check=True)  # fmt: skip
+    token = out.stdout.strip()
+    assert len(token) >= 43 and token not in f.read_text()  # 256 bits; only the hash is stored
+    assert f.read_text().splitlines()[-1] == f"gw-new={hash_token(token)}"
+    assert load_tokens([], f, {})["gw-new"] == hash_token(token)
+    assert f.read_text().startswith("old-gw=sha256:")  # appended, never rewritten
+
+    from gateway.cli import main as gateway_main
+
+    g = tmp_path / "fresh.tokens"
+    assert gateway_main(["receiver-token", "gw-2", "--token-file", str(g)]) == 0
+    assert g.read_text().startswith("gw-2=sha256:") and g.stat().st_mode & 0o777 == 0o600
+    assert gateway_main(["receiver-token", "bad=id", "--token-file", str(g)]) == 2

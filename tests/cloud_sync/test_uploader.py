@@ -377,3 +377,82 @@ async def test_status_rate_and_eta_follow_the_injected_clock(store: Store) -> No
     assert (st["eta_s"], st["last_ack_wall_ns"], st["last_ack_seq"], st["uploads"]) == (0.0, 42, 3000, 3)
     fill(store, 500, first_seq=3001)
     assert up.status()["backlog"] == 500 and up.status()["eta_s"] == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------------------------- events
+def add_events(store: Store, n: int, priority: int = 0) -> int:
+    from gateway.model import Event
+
+    evs = [Event(ts=1_750_000_000_000_000_000 + i, kind="trip", message=f"trip {i}", priority=priority,
+                 device="feeder1", point="XCBR1", data='{"phase":"C"}') for i in range(n)]  # fmt: skip
+    return store.add_events(evs)
+
+
+async def receiver_events(backend: Backend) -> list[tuple[Any, ...]]:
+    mark = "?" if backend.kind == "duckdb" else "%s"
+    sql = (
+        "SELECT e.seq, e.priority, e.kind, e.message FROM events e JOIN gateways g USING (gw) "
+        f"WHERE g.gateway_id = {mark} ORDER BY e.seq"
+    )
+    return await backend.query(sql, [GATEWAY])
+
+
+async def test_events_ride_with_readings_and_alone_exactly_once(
+    store: Store, served: tuple[str, Faults, Backend]
+) -> None:
+    url, faults, backend = served
+    fill(store, 1500)
+    assert add_events(store, 3) == 3
+    faults.script = ["ok", "land-then-500"]  # the second batch's answer is lost: readings and events re-sent
+    up = Uploader(store, sink(url), GATEWAY, sleep=Sleeps())
+    async with running(up):
+        await asyncio.wait_for(up.wait_acked(1500), WAIT_S)
+        await asyncio.wait_for(up.wait_events_acked(3), WAIT_S)
+        last = add_events(store, 2, priority=1)  # no reading waits: an events-only batch goes out
+        await asyncio.wait_for(up.wait_events_acked(last), WAIT_S)
+    assert store.event_watermark("cloud") == 5 and store.watermark("cloud") == 1500
+    landed = await receiver_events(backend)
+    assert [e[0] for e in landed] == [1, 2, 3, 4, 5]
+    assert landed[0][1:] == (0, "trip", "trip 0") and landed[3][1] == 1
+    st = up.status()
+    assert (st["uploaded_events"], st["events_backlog"], st["last_event_ack_seq"]) == (5, 0, 5)
+    assert len(await receiver_rows(backend)) == 1500
+
+
+async def test_events_only_batch_waits_at_most_max_interval(store: Store) -> None:
+    """An event with no readings waiting leaves once max_interval_s passed (injected clock), keyed gw:e<a>-<b>."""
+    add_events(store, 2)
+    now = [0.0]
+    bodies: list[tuple[str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append((request.headers["idempotency-key"], request.content))
+        return httpx.Response(200, json={"accepted": 0, "events_accepted": 2})
+
+    up = Uploader(store, sink("http://r.test/v1/batches", max_interval_s=5.0), GATEWAY,
+                  transport=httpx.MockTransport(handler), clock=lambda: now[0], poll_s=0.001)  # fmt: skip
+    async with running(up):
+        for _ in range(20):  # many polls at t=0: still within max_interval_s
+            await asyncio.sleep(0.002)
+        assert not bodies
+        now[0] = 5.0
+        await asyncio.wait_for(up.wait_events_acked(2), WAIT_S)
+    assert [k for k, _ in bodies] == [f"{GATEWAY}:e1-2"]
+    decoded = decode_batch(bodies[0][1])
+    assert decoded.rows.num_rows == 0 and decoded.events.column("seq").to_pylist() == [1, 2]
+    assert store.event_watermark("cloud") == 2 and store.watermark("cloud") == 0
+
+
+async def test_receiver_without_events_support_stops_the_sink(store: Store) -> None:
+    """A receiver that answers 2xx but does not acknowledge events would lose them: the sink stops instead."""
+    fill(store, 10)
+    add_events(store, 1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"accepted": 10, "duplicates": 0})
+
+    up = Uploader(store, sink("http://r.test/v1/batches"), GATEWAY, transport=httpx.MockTransport(handler))
+    await asyncio.wait_for(up.run(), WAIT_S)
+    st = up.status()
+    assert st["state"] == "stopped-rejected" and "did not acknowledge the 1 events" in st["last_error"]
+    assert store.watermark("cloud") == 0 and store.event_watermark("cloud") == 0
