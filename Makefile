@@ -75,10 +75,11 @@ test: $(TEST_STAMP) system-deps services
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP) system-deps services
 	$(BIN)/python -m bench.poll
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.sync
+	$(BIN)/python -m bench.outage
 	$(BIN)/python -m bench.protection
 
 clean:

@@ -9,6 +9,9 @@ one JSON object:
   (newline-delimited, uncompressed: the common practice); ``json_zstd_bytes_per_reading`` zstd-compressed.
 - ``drain_rows_per_s``: a backlog of ``devices*points*seconds`` rows in a real Store drained by the real
   Uploader to the reference receiver (DuckDB backend, separate process) over loopback HTTP.
+- ``drain_rows_per_s_postgres``: the same into the receiver with the PostgreSQL backend.
+- ``mqtt_rows_per_s``: the same backlog through the MQTT uplink (TLS client certificates, QoS 1) to a private
+  Mosquitto and landed by the MQTT bridge into DuckDB (``bench/sync_mqtt.py``; ``--no-mqtt`` skips it).
 - ``drain_rows_per_s_postgres``: the same backlog drained (under another sink name) to a receiver process with
   the PostgreSQL backend (``--postgres-url``, default the local test database; tables in a fresh schema that
   is dropped afterwards; ``--postgres-workers`` receiver processes). Omitted with ``--postgres-url ''``.
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="PostgreSQL for drain_rows_per_s_postgres (a fresh schema is created and dropped); "
                     "'' skips it")  # fmt: skip
     ap.add_argument("--postgres-workers", type=int, default=1, help="receiver processes for the PostgreSQL run")
+    ap.add_argument("--no-mqtt", action="store_true", help="skip the MQTT uplink run (needs mosquitto)")
     args = ap.parse_args(argv)
 
     infos = point_infos(args.devices, args.points)
@@ -235,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         "receiver_rows": stats["rows"],
         "cpus": os.cpu_count(),
     }
-    # MQTT: the MQTT delivery's benchmark adds "mqtt_rows_per_s" here (same backlog, its own sink name).
+    if not args.no_mqtt:  # the same data through the MQTT uplink and its bridge (bench/sync_mqtt.py)
+        from bench.sync_mqtt import measure_mqtt_rows_per_s
+
+        mqtt: dict[str, Any] = {}
+        measure_mqtt_rows_per_s(args.devices, args.points, args.seconds, args.batch_size, details=mqtt)
+        print(f"drained over MQTT: {mqtt['mqtt_rows_per_s']} rows/s", flush=True)
+        result.update({k: v for k, v in mqtt.items() if k.startswith("mqtt_")})
     print(json.dumps(result))
     return 0
 
