@@ -13,7 +13,9 @@ Small API::
   arrays), plus fault knobs: ``silent`` (never answers, like a dead unit on a RS-485 line), ``delay_s``
   (answers late), ``exception`` (``{kind or "*": code}`` answers with that Modbus exception code), and an
   optional ``on_write(kind, address, values)`` hook called on the server's loop right after a client's write
-  has landed in the arrays (e.g. a simulated breaker noting when its trip coil arrived).
+  has landed in the arrays (e.g. a simulated breaker noting when its trip coil arrived), and an optional
+  ``on_read(kind, address, count)`` hook called on the server's loop right before a valid read is answered from
+  the arrays (it may change them: e.g. a per-read counter that makes every served value traceable).
 - :class:`SimServer` — serves several units on one TCP port (``tcp=(host, port)``) or one serial port
   (``serial="/dev/ttyX"``, RTU framing). Unknown unit ids get no answer. ``every(period_s, fn)`` runs
   ``fn(t)`` on the server's loop each period (``t`` = seconds since start) to drive values; ``stop()`` is
@@ -42,10 +44,11 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-__all__ = ["SimServer", "SimUnit", "Table", "WriteHook", "encode_words", "serve_forever"]
+__all__ = ["ReadHook", "SimServer", "SimUnit", "Table", "WriteHook", "encode_words", "serve_forever"]
 
 Table = Literal["coil", "discrete", "holding", "input"]
 WriteHook = Callable[[Table, int, "list[int] | list[bool]"], None]
+ReadHook = Callable[[Table, int, int], None]  # (table, first address, count), before the values are read
 _FC_TABLE: dict[int, Table] = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",
                                16: "holding", 22: "holding", 23: "holding", 4: "input"}
 _FMT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
@@ -92,6 +95,9 @@ class SimUnit:
         # Called on the server's loop after a client's write landed: (table, first address, values written).
         # It runs inside the request, before the response is built (a write-single echo reads the array back).
         self.on_write: WriteHook | None = None
+        # Called on the server's loop when a valid read is about to be answered: (table, first address, count).
+        # Whatever it writes into the arrays is what this read returns.
+        self.on_read: ReadHook | None = None
 
     def table(self, kind: Table) -> npt.NDArray[Any]:
         tables = {"coil": self.coils, "discrete": self.discrete, "holding": self.holding, "input": self.input}
@@ -156,6 +162,8 @@ class _Context(ModbusServerContext):
         arr = u.table(kind)
         if address < 0 or count < 1 or address + count > len(arr):
             return ExcCodes.ILLEGAL_ADDRESS
+        if u.on_read is not None:
+            u.on_read(kind, address, count)
         return arr[address:address + count].tolist()
 
     async def async_setValues(

@@ -369,6 +369,8 @@ class Store:
         as ``<name>.wal.damaged-<UTC time>``, the lost seq range is recorded (alarm + gap record, priority 0)
         and new seqs continue above the mark so none is ever reused.
         """
+        if not self._path.exists():
+            self._create_atomically()
         wal = self._path.with_name(self._path.name + ".wal")
         wal_copy = self._path.with_name(self._path.name + ".wal.opening")
         has_wal = wal.exists() and wal.stat().st_size > 0
@@ -395,6 +397,37 @@ class Store:
             # the file holds less than was committed and there is no WAL to blame: never reuse those seqs
             self._wal_loss(con, mark, lost_readings, lost_events, None)
         return con
+
+    def _create_atomically(self) -> None:
+        """Create a new store file under a temporary name and rename it into place.
+
+        DuckDB writes a new file's headers one after the other; a power cut in between leaves a file it cannot
+        open (found by the power-cut harness), which would then be moved aside as damaged. Created as
+        ``<name>.creating`` (schema and meta committed, checkpointed, fsynced), the file appears whole or not at
+        all; a stale ``.creating`` of an earlier attempt is discarded.
+        """
+        tmp = self._path.with_name(self._path.name + ".creating")
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        for p in (tmp, tmp.with_name(tmp.name + ".wal")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        try:
+            con = duckdb.connect(str(tmp), config=dict(self._duckdb_config))
+        except duckdb.Error as e:
+            raise StoreCorrupt(self._path, f"cannot create store file: {e}") from e
+        self._root = con
+        try:
+            self._load_state()  # creates the tables and the meta rows (seqs from seq_floor)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._path)
+        _fsync_dir(self._path.parent)
 
     def _wal_loss(self, con: duckdb.DuckDBPyConnection, mark: tuple[int, int], lost_readings: int,
                   lost_events: int, kept: Path | None) -> None:  # fmt: skip

@@ -162,3 +162,16 @@ def test_a_clean_restart_raises_nothing(tmp_path: Path) -> None:
         assert s.damaged is None and s.last_seq() == 6000
         assert s.events_after(0, 10).num_rows == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.duckdb", "gw.duckdb.seq"]
+
+
+def test_a_new_store_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    # a power cut while DuckDB writes a new file's headers left a file it cannot open (power-cut harness);
+    # the store now builds a new file as <name>.creating and renames it into place
+    path = tmp_path / "gw.duckdb"
+    stale = tmp_path / "gw.duckdb.creating"
+    stale.write_bytes(b"\0" * 4096)  # what such a cut leaves behind
+    with Store(path, on_damage="move_aside", seq_floor=FLOOR) as s:
+        assert s.damaged is None and s.last_seq() == FLOOR
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.duckdb"]
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'reading_seq'").fetchall() == [(str(FLOOR),)]
