@@ -50,7 +50,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from bench.sync import GATEWAY, TOKEN, drain, point_infos, receiver_process, seconds_of_data
@@ -212,37 +211,6 @@ async def _polling(ports: list[int], store_path: Path, proxy: ThreadedFaultProxy
             "emit_backpressure": gw.emit_backpressure, "backlog_at_start": total}  # fmt: skip
 
 
-@contextlib.contextmanager
-def _receiver(db: str, port: int, nice: int) -> Iterator[str]:
-    """:func:`bench.sync.receiver_process`, with the receiver's CPU priority lowered by ``nice`` (0: as is)."""
-    if nice == 0:
-        with receiver_process(db, port) as url:
-            yield url
-        return
-    code = (
-        f"import os; os.nice({int(nice)}); from cloud_sync.receiver import main; "
-        f"raise SystemExit(main(['--db', {db!r}, '--port', '{port}', '--token', '{GATEWAY}={TOKEN}', "
-        "'--log-level', 'warning']))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("receiver did not start")
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def _start_sim(devices: int, registers: int, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[int]]:
     sim = subprocess.Popen([sys.executable, "-m", "bench.poll", "--role", "sim", "--devices", str(devices),
                             "--registers", str(registers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -319,7 +287,7 @@ def _phase_b(a: argparse.Namespace, total: int, copy: Callable[[str], Path], por
     """(b): the real Gateway polls while its backlog waits (outage), drains, and after it caught up."""
     store_path = copy(f"gw-nice{nice}")
     with (
-        _receiver(str(store_path.parent / "rx.duckdb"), free_port(), nice) as url,
+        receiver_process(str(store_path.parent / "rx.duckdb"), free_port(), nice=nice) as url,
         _proxy(int(url.rsplit(":", 1)[1]), "blackhole") as proxy,
     ):
         poll = asyncio.run(_polling(ports, store_path, proxy, a, total))

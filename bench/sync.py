@@ -121,10 +121,13 @@ class CountingTransport(httpx.AsyncHTTPTransport):
 
 
 @contextlib.contextmanager
-def receiver_process(db: str, port: int, *extra: str) -> Iterator[str]:
+def receiver_process(db: str, port: int, *extra: str, nice: int = 0) -> Iterator[str]:
+    """The reference receiver as its own process on loopback (``nice``: lower its CPU priority by that much);
+    yields its base URL once /healthz answers."""
     argv = [sys.executable, "-m", "cloud_sync.receiver", "--db", db, "--port", str(port),
             "--token", f"{GATEWAY}={TOKEN}", "--log-level", "warning", *extra]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1],
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

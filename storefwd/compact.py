@@ -18,6 +18,8 @@ from pathlib import Path
 
 import duckdb
 
+from .fsutil import fsync_path
+
 log = logging.getLogger(__name__)
 
 
@@ -61,17 +63,9 @@ def compact_if_worthwhile(
     finally:
         con.execute("DETACH compacted")
     con.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_path(path.parent, best_effort=True)
     after = path.stat().st_size
     log.warning("storefwd: compacted %s from %d to %d bytes", path, size, after)
     return Compaction(size, after)

@@ -54,6 +54,7 @@ from .errors import (
     StoreVersionError,
     StoreWriteError,
 )
+from .fsutil import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ class Store:
             if src.exists():
                 os.replace(src, src.with_name(dst))
                 moved.append(str(src.with_name(dst)))
-        _fsync_dir(self._path.parent)
+        fsync_path(self._path.parent, best_effort=True)
         log.error("storefwd: store %s is damaged (%s); moved aside to %s and started a new store",
                   self._path, error, ", ".join(moved))  # fmt: skip
         self.damaged = {"path": str(self._path), "moved_to": moved, "error": error}
@@ -421,13 +422,9 @@ class Store:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         os.replace(tmp, self._path)
-        _fsync_dir(self._path.parent)
+        fsync_path(self._path.parent, best_effort=True)
 
     def _wal_loss(self, con: duckdb.DuckDBPyConnection, mark: tuple[int, int], lost_readings: int,
                   lost_events: int, kept: Path | None) -> None:  # fmt: skip
@@ -1597,15 +1594,6 @@ def _check_batch(batch: ReadingBatch) -> int:
         )
     return len(batch)
 
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (best effort: not every filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _iso(ts_ns: int) -> str:
