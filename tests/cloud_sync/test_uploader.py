@@ -456,3 +456,41 @@ async def test_receiver_without_events_support_stops_the_sink(store: Store) -> N
     st = up.status()
     assert st["state"] == "stopped-rejected" and "did not acknowledge the 1 events" in st["last_error"]
     assert store.watermark("cloud") == 0 and store.event_watermark("cloud") == 0
+
+
+async def test_downsampled_range_and_its_gap_record_reach_the_receiver_once(
+    tmp_path: Path, served: tuple[str, Faults, Backend]
+) -> None:
+    """Disk budget during an outage: old unsent readings are downsampled; the cloud then gets the min/max/last
+    readings and the avg_1m readings of that range, each seq once, plus the gap record (priority 0)."""
+    import json
+
+    from storefwd.retention import RetentionPolicy
+
+    url, _faults, backend = served
+    policy = RetentionPolicy(budget_bytes=1 << 40, downsample_min_age_s=0, chunk_rows=10_000)
+    with Store(tmp_path / "gap.duckdb", commit_interval_ms=5, retention_policy=policy) as st:
+        st.set_sinks(["cloud"])
+        st.register_points(list(point_infos().values()))
+        rows = fill(st, 3000)  # 12 points × 250 s, not sent yet (the sink is not running: an outage)
+        gap = st.reclaim_step()
+        assert gap is not None and gap["action"] == "downsampled" and gap["unacked_sinks"] == ["cloud"]
+        kept = st.read_after("cloud", 0, 10_000)
+        assert kept.num_rows < 3000
+        up = Uploader(st, sink(url), GATEWAY, sleep=Sleeps())
+        async with running(up):
+            await asyncio.wait_for(up.wait_acked(3000), WAIT_S)
+            await asyncio.wait_for(up.wait_events_acked(st.last_event_seq()), WAIT_S)
+        landed = await receiver_rows(backend)
+        assert [r[0] for r in landed] == kept.column("seq").to_pylist()  # exactly the rows kept, once each
+        originals = {int(s): float(v) for s, v in zip(rows.column("seq").to_pylist(), rows.column("value").to_pylist(),
+                                                      strict=True)}  # fmt: skip
+        raw_kept = [r for r in landed if r[2] <= len(point_infos())]
+        assert all(originals[r[0]] == r[3] for r in raw_kept)  # min/max/last are the readings as they were
+        events = await receiver_events(backend)
+        assert [(e[1], e[2]) for e in events] == [(0, "gap")]
+        assert "not yet synced to cloud" in events[0][3]
+        (data,) = await backend.query(
+            "SELECT e.data FROM events e" if backend.kind == "duckdb" else "SELECT data FROM events", []
+        )
+        assert json.loads(data[0])["seq_to"] == gap["seq_to"]
