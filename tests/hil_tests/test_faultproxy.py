@@ -7,7 +7,6 @@ import contextlib
 import errno
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -168,15 +167,19 @@ async def test_reset_after_bytes_cuts_a_request_in_the_middle() -> None:
 
 async def test_latency_and_bandwidth_delay_every_chunk() -> None:
     async with echo_and_proxy() as (_, proxy), connection(proxy) as (r, w):
-        await proxy.set_mode("latency", latency_ms=150)
-        t0 = time.monotonic()
-        assert await roundtrip(r, w, b"ping") == b"ping"
-        assert time.monotonic() - t0 >= 0.3  # a lower bound: 150 ms each way cannot be beaten
-        await proxy.set_mode("latency", bandwidth_bps=200_000)
+        await proxy.set_mode("latency", latency_ms=500)
+        w.write(b"ping")
+        await w.drain()
+        with pytest.raises(TimeoutError):  # held 500 ms each way: nothing can be back within 100 ms
+            await asyncio.wait_for(asyncio.shield(pending := asyncio.ensure_future(r.readexactly(4))), 0.1)
+        assert await asyncio.wait_for(pending, WAIT_S) == b"ping"  # ... and then it comes
+        await proxy.set_mode("latency", bandwidth_bps=100_000)
         payload = b"b" * 60_000
-        t0 = time.monotonic()
-        assert await roundtrip(r, w, payload) == payload
-        assert time.monotonic() - t0 >= 0.2  # 60 kB at 200 kB/s (the echo overlaps): 0.25 s at least
+        w.write(payload)
+        await w.drain()
+        with pytest.raises(TimeoutError):  # 60 kB at 100 kB/s: not all back within 100 ms
+            await asyncio.wait_for(asyncio.shield(pending := asyncio.ensure_future(r.readexactly(60_000))), 0.1)
+        assert await asyncio.wait_for(pending, WAIT_S) == payload
         with pytest.raises(ValueError, match="latency"):
             await proxy.set_mode("latency")
 
