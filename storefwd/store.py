@@ -41,7 +41,16 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from gateway.model import ID_DTYPE, QUALITY_DTYPE, TS_DTYPE, VALUE_DTYPE, Event, PointInfo, ReadingBatch
+from gateway.model import (
+    ID_DTYPE,
+    QUALITY_DTYPE,
+    TS_DTYPE,
+    VALUE_DTYPE,
+    Event,
+    PointInfo,
+    QuarantineRecord,
+    ReadingBatch,
+)
 
 from . import compact, retention, schema
 from .errors import (
@@ -61,6 +70,7 @@ log = logging.getLogger(__name__)
 _READINGS_VIEW: Final = "_storefwd_readings_in"
 _POINTS_VIEW: Final = "_storefwd_points_in"
 _EVENTS_VIEW: Final = "_storefwd_events_in"
+_QUARANTINE_VIEW: Final = "_storefwd_quarantine_in"
 
 READINGS_SCHEMA: Final = pa.schema(
     [
@@ -94,6 +104,17 @@ EVENTS_SCHEMA: Final = pa.schema(
         ("data", pa.string()),
     ]
 )
+QUARANTINE_SCHEMA: Final = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("ts", pa.int64()),
+        ("device", pa.string()),
+        ("topic", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("payload", pa.binary()),
+    ]
+)
 
 
 # ---------------------------------------------------------------------------------------------- queue items
@@ -117,6 +138,12 @@ class _AddEvents:
 
 
 @dataclass(slots=True)
+class _AddQuarantine:
+    records: list[QuarantineRecord]
+    future: Future[int] = field(default_factory=Future)  # result: seq of the last record
+
+
+@dataclass(slots=True)
 class _Flush:
     future: Future[int] = field(default_factory=Future)  # result: last committed reading seq
 
@@ -126,7 +153,7 @@ class _Reclaim:
     future: Future[dict[str, Any] | None] = field(default_factory=Future)  # result: the gap record's data
 
 
-_Command = _Register | _Ack | _AddEvents | _Flush | _Reclaim
+_Command = _Register | _Ack | _AddEvents | _AddQuarantine | _Flush | _Reclaim
 _SENTINEL: Final = object()  # put on the queue by close(): drain what is before it, commit, stop
 _MAX_RETRY_PAUSE_S: Final = 5.0  # longest pause between retries of a failing write
 _MAX_RECOVER_PAUSE_S: Final = 2.0  # longest pause between attempts to reopen an invalidated database
@@ -153,6 +180,8 @@ class _Work:
     acks: dict[str, int] = field(default_factory=dict)
     events: list[tuple[int, Event]] = field(default_factory=list)
     event_results: list[int] = field(default_factory=list)
+    quarantine: list[tuple[int, QuarantineRecord]] = field(default_factory=list)
+    quarantine_results: list[int] = field(default_factory=list)
     commit_no: int = 0  # meta commit_no this transaction writes
     # a reclaim step (writer-internal): runs its SQL first and returns the gap/alarm events to store with it
     reclaim: Callable[[duckdb.DuckDBPyConnection, _Work], list[Event]] | None = None
@@ -239,6 +268,8 @@ class Store:
         self._rows = 0
         self._event_seq = 0
         self._events = 0
+        self._quarantine_seq = 0  # last quarantine record seq committed
+        self._quarantined = 0  # quarantine records committed since the file was created (not the rows kept)
         self._commits = 0
         self._last_commit_ns = 0
         self._write_errors = 0
@@ -535,6 +566,7 @@ class Store:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
             r = con.execute("SELECT count(*), min(seq), max(seq) FROM readings").fetchone()
             e = con.execute("SELECT count(*), max(seq) FROM events").fetchone()
+            qr = con.execute("SELECT max(seq) FROM quarantine").fetchone()
             points = con.execute("SELECT id, name, device, point, unit FROM points ORDER BY id").fetchall()
             outbox = con.execute("SELECT sink, acked_seq FROM outbox").fetchall()
             holes = con.execute(
@@ -555,6 +587,7 @@ class Store:
         self._first_seq = int(r[1]) if r[1] is not None else self._last_seq + 1
         self._events = int(e[0])
         self._event_seq = max(int(e[1] or 0), int(meta.get(schema.META_EVENT_SEQ, "0")))
+        self._quarantine_seq = self._quarantined = int(qr[0] or 0) if qr else 0
         for pid, name, device, point, unit in points:
             self._points_by_name[name] = int(pid)
             self._infos[int(pid)] = PointInfo(name=name, device=device, point=point, unit=unit)
@@ -703,6 +736,20 @@ class Store:
             with self._state_lock:
                 return self._event_seq
         cmd = _AddEvents(evs)
+        self._command(cmd)
+        return self._wait(cmd.future)
+
+    def add_quarantine(self, records: Sequence[QuarantineRecord]) -> int:
+        """Store refused input records (with their raw payload) in one transaction; returns the seq of the last
+        one (0 for none). Blocks until committed: call it off the event loop. Any thread."""
+        recs = list(records)
+        for r in recs:
+            if not isinstance(r, QuarantineRecord):
+                raise TypeError(f"add_quarantine() takes QuarantineRecord objects, not {type(r).__name__}")
+        if not recs:
+            with self._state_lock:
+                return self._quarantine_seq
+        cmd = _AddQuarantine(recs)
         self._command(cmd)
         return self._wait(cmd.future)
 
@@ -1140,6 +1187,9 @@ class Store:
             infos = dict(self._infos) if registering else self._infos
         work.new_points, work.changed_points, work.register_results = [], [], []
         work.acks, work.events, work.event_results = {}, [], []
+        work.quarantine, work.quarantine_results = [], []
+        with self._state_lock:
+            next_q = self._quarantine_seq + 1
         for cmd in work.commands:
             if isinstance(cmd, _Register):
                 ids = np.empty(len(cmd.points), dtype=ID_DTYPE)
@@ -1162,6 +1212,11 @@ class Store:
                     work.events.append((next_event, ev))
                     next_event += 1
                 work.event_results.append(next_event - 1)
+            elif isinstance(cmd, _AddQuarantine):
+                for rec in cmd.records:
+                    work.quarantine.append((next_q, rec))
+                    next_q += 1
+                work.quarantine_results.append(next_q - 1)
 
     def _execute(self, work: _Work) -> None:
         """Run the SQL of one transaction (inside BEGIN/COMMIT). Writer thread only."""
@@ -1231,10 +1286,8 @@ class Store:
                 [sink, acked, now],
             )
             self._count_partial_hole(con, work, sink, acked)
-            nxt = con.execute(  # the oldest reading the sink still has to send (sink_stats' oldest age)
-                "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", [acked]
-            ).fetchall()
-            work.oldest[sink] = (acked, int(nxt[0][0]) if nxt else 0)
+            # the oldest reading the sink still has to send (sink_stats' oldest age)
+            work.oldest[sink] = (acked, _next_ts(con, acked))
         if work.events:
             evs = pa.table(
                 {
@@ -1257,6 +1310,33 @@ class Store:
             con.execute(
                 "UPDATE meta SET value = ? WHERE key = ?", [str(work.events[-1][0]), schema.META_EVENT_SEQ]
             )
+        if work.quarantine:
+            self._insert_quarantine(con, work)
+
+    def _insert_quarantine(self, con: duckdb.DuckDBPyConnection, work: _Work) -> None:
+        """Insert the transaction's quarantine records; keep only the newest QUARANTINE_MAX_ROWS."""
+        q = work.quarantine
+        tbl = pa.table(
+            {
+                "seq": pa.array([s for s, _ in q], pa.int64()),
+                "ts": pa.array([r.ts for _, r in q], pa.int64()),
+                "device": pa.array([r.device for _, r in q], pa.string()),
+                "topic": pa.array([r.topic for _, r in q], pa.string()),
+                "reason": pa.array([r.reason for _, r in q], pa.string()),
+                "detail": pa.array([r.detail for _, r in q], pa.string()),
+                "payload": pa.array([bytes(r.payload) for _, r in q], pa.binary()),
+            },
+            schema=QUARANTINE_SCHEMA,
+        )
+        con.register(_QUARANTINE_VIEW, tbl)
+        try:
+            con.execute(f"INSERT INTO quarantine SELECT * FROM {_QUARANTINE_VIEW}")
+        finally:  # (an error here would hide the one that aborted the transaction)
+            with contextlib.suppress(duckdb.Error):
+                con.unregister(_QUARANTINE_VIEW)
+        last = q[-1][0]
+        if last > schema.QUARANTINE_MAX_ROWS:
+            con.execute("DELETE FROM quarantine WHERE seq <= ?", [last - schema.QUARANTINE_MAX_ROWS])
 
     def _publish(self, work: _Work) -> None:
         """After COMMIT: update the in-memory committed state, then wake the callers. Writer thread only."""
@@ -1284,6 +1364,9 @@ class Store:
             if work.events:
                 self._event_seq = work.events[-1][0]
                 self._events += len(work.events)
+            if work.quarantine:
+                self._quarantine_seq = work.quarantine[-1][0]
+                self._quarantined += len(work.quarantine)
             self._commits += 1
             self._last_commit_ns = time.time_ns()
             last_seq = self._last_seq
@@ -1294,11 +1377,14 @@ class Store:
                 self._space_free.notify_all()
         reg = iter(work.register_results)
         evr = iter(work.event_results)
+        qrr = iter(work.quarantine_results)
         for cmd in work.commands:
             if isinstance(cmd, _Register):
                 cmd.future.set_result(next(reg))
             elif isinstance(cmd, _AddEvents):
                 cmd.future.set_result(next(evr))
+            elif isinstance(cmd, _AddQuarantine):
+                cmd.future.set_result(next(qrr))
             elif isinstance(cmd, _Ack):
                 cmd.future.set_result(None)
             elif isinstance(cmd, _Flush):
@@ -1422,10 +1508,7 @@ class Store:
                 oldest = cached[1]
             else:
                 with contextlib.suppress(StoreError), self._reader() as cur:
-                    row = cur.execute(
-                        "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", [wm]
-                    ).fetchone()
-                    oldest = int(row[0]) if row else 0
+                    oldest = _next_ts(cur, wm)
                     with self._state_lock:
                         self._oldest_cache[sink] = (wm, oldest)
         age = max(0.0, (self._clock_ns() - oldest) / 1e9) if oldest else 0.0
@@ -1461,6 +1544,21 @@ class Store:
                     params=[after_seq, last, int(limit)],
                 ).to_arrow_table()
         return tbl.cast(READINGS_SCHEMA)
+
+    def quarantine_after(self, after_seq: int, limit: int) -> pa.Table:
+        """Quarantine records with ``seq > after_seq`` ordered by seq, at most ``limit`` rows. Columns: seq
+        int64, ts int64 (receive time, epoch ns), device, topic, reason, detail (strings), payload (binary).
+        Any thread."""
+        self._check_open()
+        if limit <= 0:
+            return QUARANTINE_SCHEMA.empty_table()
+        with self._reader() as cur:
+            tbl = cur.sql(
+                "SELECT seq, ts, device, topic, reason, detail, payload FROM quarantine "
+                "WHERE seq > $1 ORDER BY seq LIMIT $2",
+                params=[int(after_seq), int(limit)],
+            ).to_arrow_table()
+        return tbl.cast(QUARANTINE_SCHEMA)
 
     def aggregate(
         self, point_ids: Sequence[int] | None, start_ns: int, end_ns: int, bucket_ns: int
@@ -1545,7 +1643,8 @@ class Store:
         events; last_event_seq; write_errors; file_bytes; points; the disk budget (measured by the writer every
         ``check_interval_s``): used_bytes (DuckDB used blocks + WAL), disk_budget_bytes (effective budget),
         fs_free_bytes, over_budget (0/1); reclaiming: downsampled_rows, evicted_rows, evicted_events,
-        gap_records, reclaim_steps, downsampled_seq; disk_full (0/1), disk_full_since_ns, disk_full_episodes.
+        gap_records, reclaim_steps, downsampled_seq; disk_full (0/1), disk_full_since_ns, disk_full_episodes;
+        quarantined (records ever quarantined in this file), last_quarantine_seq.
         """
         with self._lock:
             queued = self._queued_rows
@@ -1562,6 +1661,8 @@ class Store:
                 "last_commit_ns": self._last_commit_ns,
                 "events": self._events,
                 "last_event_seq": self._event_seq,
+                "quarantined": self._quarantined,
+                "last_quarantine_seq": self._quarantine_seq,
                 "write_errors": self._write_errors,
                 "points": len(self._infos),
             }
@@ -1594,6 +1695,17 @@ def _check_batch(batch: ReadingBatch) -> int:
         )
     return len(batch)
 
+
+
+def _next_ts(con: duckdb.DuckDBPyConnection, after_seq: int) -> int:
+    """ts of the first reading with seq > ``after_seq`` (0 when none). Looks in a bounded seq window first, so
+    zonemaps skip the rest of a large backlog; only a window that holes left empty widens to all of it."""
+    for upper in (after_seq + 10_000, None):
+        sql = "SELECT ts FROM readings WHERE seq > ?" + (" AND seq <= ?" if upper else "") + " ORDER BY seq LIMIT 1"
+        rows = con.execute(sql, [after_seq, upper] if upper else [after_seq]).fetchall()
+        if rows:
+            return int(rows[0][0])
+    return 0
 
 
 def _iso(ts_ns: int) -> str:
