@@ -53,8 +53,11 @@ async def test_rows_reach_their_analytic_off_the_loop_and_outputs_are_stored() -
     events: list[Event] = []
     summer, broken = Summer(["a.y", "b.z"]), Summer(["a.x"], fail=True)
     assert [p.name for p in derived_points([summer, broken])] == ["calc.sum"]
-    svc = AnalyticsService([summer, broken], ids, lambda b: stored.append(b) or True, events.append,
-                           wall_ns=lambda: 1000, tick_s=0.01)  # fmt: skip
+    def store(b: ReadingBatch) -> bool:
+        stored.append(b)
+        return True
+
+    svc = AnalyticsService([summer, broken], ids, store, events.append, wall_ns=lambda: 1000, tick_s=0.01)
     task = asyncio.create_task(svc.run())
     svc.tap(ReadingBatch.of(np.array([1, 2, 3, 4], np.int64), np.array([1, 2, 3, 2], np.int32),
                             np.array([100.0, 5.0, 4.0, 3.0]), 0))  # fmt: skip
