@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -22,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, LinkConfig
 from gateway.controls import ControlService
 from gateway.drivers import SESSION_DRIVERS, driver_factory
 from gateway.emit_buffer import PendingBudget
 from gateway.latest import LatestTable
-from gateway.model import Event, PointInfo, ReadingBatch
+from gateway.model import Event, PointInfo, QuarantineRecord, ReadingBatch
 from gateway.runner import LinkRunner
-from gateway.session_runner import SessionRunner
+from gateway.session_runner import DriverFactory, SessionRunner
 from storefwd.retention import RetentionPolicy
 from storefwd.store import Store
 
@@ -173,7 +174,7 @@ class Gateway:
                     link,
                     point_ids=self.point_ids,
                     emit=self._emit,
-                    driver_factory=driver_factory(link.protocol),
+                    driver_factory=self._session_factory(link),
                     mono_ns=self.mono_ns,
                     wall_ns=self.wall_ns,
                     on_event=self._record_event,
@@ -204,6 +205,25 @@ class Gateway:
             len(self.points),
             cfg.store_path,
         )
+
+    def _session_factory(self, link: LinkConfig) -> DriverFactory:
+        """The driver factory of a session link; an mqtt link's driver also gets the quarantine sink."""
+        factory = driver_factory(link.protocol)
+        if link.protocol == "mqtt":
+            mqtt_driver: Callable[..., Any] = factory  # MqttSession takes two more keyword arguments
+            return functools.partial(
+                mqtt_driver, on_quarantine=self._record_quarantine, default_client_id=f"{self.cfg.id}-{link.name}"
+            )
+        return factory
+
+    def _record_quarantine(self, records: list[QuarantineRecord]) -> None:
+        """Store refused sensor records from the loop without blocking it (same pattern as events)."""
+        store = self.store
+        if store is None or not records:
+            return
+        task = asyncio.create_task(asyncio.to_thread(store.add_quarantine, records), name="quarantine")
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
 
     def _record_event(self, event: Event) -> None:
         """Store one event from the loop without blocking it (device alarms of the session runners)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.analytics.config import AnalyticsConfig
 from protection.runtime import ProtectionRuntime
 from protection.settings import ProtectionSettings
 
@@ -25,6 +26,7 @@ PointKind = Literal[
     "coil", "discrete", "input", "holding",
     "binary_input", "double_bit_input", "analog_input", "counter", "binary_output", "analog_output",
     "attribute",  # IEC 61850 data attribute (ref + da + fc)
+    "field",  # MQTT sensors: a JSON field of the payload (generated from [[links.mqtt.topics]])
 ]
 MODBUS_KINDS: frozenset[str] = frozenset({"coil", "discrete", "input", "holding"})
 DNP3_KINDS: frozenset[str] = frozenset(
@@ -37,9 +39,10 @@ IEC61850_FCS: frozenset[str] = frozenset(
 )
 DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64"]
 Order = Literal["big", "little"]
-Protocol = Literal["modbus_tcp", "modbus_rtu", "dnp3_tcp", "iec61850"]
+Protocol = Literal["modbus_tcp", "modbus_rtu", "dnp3_tcp", "iec61850", "mqtt"]
 # TCP port a link gets when its table has no ``port`` key.
-DEFAULT_PORTS: dict[str, int] = {"modbus_tcp": 502, "dnp3_tcp": 20000, "iec61850": 102}
+DEFAULT_PORTS: dict[str, int] = {"modbus_tcp": 502, "dnp3_tcp": 20000, "iec61850": 102, "mqtt": 1883}
+MQTT_TLS_PORT = 8883  # port an mqtt link gets when it has no ``port`` and uses TLS (``ca_file`` set)
 Parity = Literal["N", "E", "O"]
 SinkType = Literal["http", "mqtt"]  # how a sink delivers batches
 
@@ -115,8 +118,59 @@ class DeviceConfig:
     points: tuple[PointConfig, ...] = ()  # the device's points (or from its template)
     dnp3: Dnp3Settings = field(default_factory=Dnp3Settings)  # protocol dnp3_tcp only
     iec61850: Iec61850Settings = field(default_factory=Iec61850Settings)  # protocol iec61850 only
+    # where the device is (e.g. site, zone, lat, lon; free keys, text values): shown on the status page and in
+    # /api/status; MQTT sensors get it from their topic's location / locations tables
+    location: dict[str, str] = field(default_factory=dict)
 
 
+MqttTimestampUnit = Literal["auto", "iso", "s", "ms", "us", "ns"]
+MqttProfile = Literal["", "solar"]
+
+
+@dataclass(frozen=True, slots=True)
+class MqttFieldConfig:
+    """``[[links.mqtt.topics.fields]]``: one JSON field of a sensor message → one point of the sensor."""
+
+    field: str  # JSON field name in the payload object, e.g. "temperature"
+    point: str = ""  # point name ("" = the field name); stored as "<sensor id>.<point>"
+    unit: str = ""  # engineering unit, e.g. "°C"
+    min: float = float("-inf")  # lowest valid engineering value (after scale/offset); below it: out-of-range
+    max: float = float("inf")  # highest valid engineering value; above it: out-of-range
+    scale: float = 1.0  # engineering value = JSON value * scale + offset
+    offset: float = 0.0  # added after scaling
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTopicConfig:
+    """``[[links.mqtt.topics]]``: one subscription (topic filter), its sensors and how their messages map."""
+
+    filter: str  # MQTT topic filter subscribed with QoS 1, e.g. "sensors/+/readings"
+    device_level: int = -1  # 0-based topic level that names the sensor (-1 = the filter's first '+' level)
+    sensors: tuple[str, ...] = ()  # known sensor ids (device names); a message from any other is quarantined
+    profile: MqttProfile = ""  # "solar": fields temperature/voltage/current/power with their valid ranges
+    fields: tuple[MqttFieldConfig, ...] = ()  # field → point mapping (added to / overriding the profile's)
+    timestamp_field: str = "ts"  # JSON field with the source time ("" = always the gateway's receive time)
+    timestamp_unit: MqttTimestampUnit = "auto"  # "iso" (ISO-8601 with zone), "s", "ms", "us", "ns" or "auto"
+    max_future_s: float = 300.0  # a source time further ahead of the gateway clock is quarantined
+    max_age_s: float = 604800.0  # a source time older than this (s) is quarantined (default 7 days)
+    location: dict[str, str] = field(default_factory=dict)  # location of every sensor of this topic
+    locations: dict[str, dict[str, str]] = field(default_factory=dict)  # sensor id → its own location keys
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """``[links.mqtt]``: the broker session of a ``protocol = "mqtt"`` link (host/port are the link's)."""
+
+    client_id: str = ""  # MQTT client id ("" = "<gateway id>-<link name>"); with clean_session false the
+    # broker keeps the subscriptions and queues QoS 1 messages for this id while the gateway is away
+    clean_session: bool = False  # true: the broker forgets the session at every disconnect
+    keepalive_s: int = 30  # MQTT keep-alive in seconds (a dead broker is noticed within 1.5x)
+    username: str = ""  # broker user name ("" = none)
+    password: str = ""  # broker password (with username)
+    ca_file: Path | None = None  # PEM CA that verifies the broker: enables TLS (port 8883 when left out)
+    cert_file: Path | None = None  # PEM client certificate (with key_file), TLS only
+    key_file: Path | None = None  # PEM private key of cert_file
+    topics: tuple[MqttTopicConfig, ...] = ()  # subscriptions and their sensors
 @dataclass(frozen=True, slots=True)
 class LinkConfig:
     name: str  # link name, unique in the gateway
@@ -132,6 +186,7 @@ class LinkConfig:
     reconnect_min_s: float = 0.5  # first reconnect delay after the link dropped
     reconnect_max_s: float = 30.0  # longest reconnect delay (exponential back-off with jitter)
     devices: tuple[DeviceConfig, ...] = ()  # devices reached over this link
+    mqtt: MqttSettings = field(default_factory=MqttSettings)  # protocol mqtt only: broker session and topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +245,7 @@ class GatewayConfig:
     panel: PanelConfig = field(default_factory=PanelConfig)  # local status page
     protection: ProtectionSettings = field(default_factory=ProtectionSettings)  # elements, see docs/protection.md
     protection_runtime: ProtectionRuntime = field(default_factory=ProtectionRuntime)  # process, source, outputs
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)  # [analytics], see docs/analytics.md
     source: Path | None = None  # file the config was read from (set by the loader, not a setting)
     # Protection settings problems tolerated by `gateway run` (those elements do not arm; set by the loader).
     protection_problems: tuple[str, ...] = ()
@@ -200,3 +256,14 @@ class GatewayConfig:
 
     def devices(self) -> list[tuple[LinkConfig, DeviceConfig]]:
         return [(link, dev) for link in self.links for dev in link.devices]
+
+
+# Field sets a topic can start from (``profile = "solar"``); valid ranges per docs/analytics.md, "MQTT sensors".
+MQTT_PROFILES: dict[str, tuple[MqttFieldConfig, ...]] = {
+    "solar": (
+        MqttFieldConfig("temperature", unit="°C", min=-20.0, max=80.0),  # panel/module temperature
+        MqttFieldConfig("voltage", unit="V", min=0.0, max=60.0),  # string voltage
+        MqttFieldConfig("current", unit="A", min=0.0, max=15.0),  # string current
+        MqttFieldConfig("power", unit="W", min=0.0, max=1000.0),  # panel power
+    ),
+}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from gateway.analytics.config import AnalyticsConfig, parse_analytics
 from gateway.config import (
     CONFIG_VERSION,
     DEFAULT_PORTS,
@@ -29,11 +31,16 @@ from gateway.config import (
     IEC61850_FCS,
     IEC61850_KINDS,
     MODBUS_KINDS,
+    MQTT_PROFILES,
+    MQTT_TLS_PORT,
     DeviceConfig,
     Dnp3Settings,
     GatewayConfig,
     Iec61850Settings,
     LinkConfig,
+    MqttFieldConfig,
+    MqttSettings,
+    MqttTopicConfig,
     PanelConfig,
     PointConfig,
     SinkConfig,
@@ -68,7 +75,7 @@ class ConfigFileError(ConfigError):
 
 # Top-level tables and the dataclass each one fills. "gateway" holds GatewayConfig's scalar settings.
 _GATEWAY_SCALARS = ("id", "data_dir", "log_level")
-_TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates", "protection")
+_TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates", "protection", "analytics")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Point kinds each protocol accepts, and point keys that mean nothing for it (an error if given).
 _KINDS: dict[str, frozenset[str]] = {
@@ -76,6 +83,7 @@ _KINDS: dict[str, frozenset[str]] = {
     "modbus_rtu": MODBUS_KINDS,
     "dnp3_tcp": DNP3_KINDS,
     "iec61850": IEC61850_KINDS,
+    "mqtt": frozenset({"field"}),
 }
 _MODBUS_ONLY_POINT_KEYS = ("type", "word_order", "byte_order")
 _IEC61850_POINT_KEYS = ("ref", "da", "fc")
@@ -209,6 +217,24 @@ def fill_kwargs(
 _MQTT_ONLY_SINK_KEYS: typing.Final = ("topic_prefix", "qos", "keepalive_s", "client_id", "max_payload_bytes")
 
 
+_RANGE = re.compile(r"^(.*)\{(\d+)\.\.(\d+)\}(.*)$")
+
+
+def expand_sensor_ids(ids: typing.Iterable[str]) -> tuple[str, ...]:
+    """Expand one numeric range per id: ``"pv-{0001..1000}"`` → pv-0001 … pv-1000 (zero-padded like the first
+    bound). Ids without a range are kept as they are."""
+    out: list[str] = []
+    for s in ids:
+        m = _RANGE.match(s)
+        if m is None:
+            out.append(s)
+            continue
+        head, lo, hi, tail = m.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        out.extend(f"{head}{n:0{width}d}{tail}" for n in range(int(lo), int(hi) + 1))
+    return tuple(out)
+
+
 class _Loader:
     def __init__(self, file: str, strict_protection: bool = True) -> None:
         self.file = file
@@ -216,6 +242,7 @@ class _Loader:
         self.problems: list[ConfigProblem] = []
         self.warnings: list[str] = []
         self.protection_problems: list[ConfigProblem] = []
+        self.base_dir = Path.cwd()  # the config file's directory (relative paths), set by load()
 
     def err(self, key: str, message: str, device: str = "") -> None:
         self.problems.append(ConfigProblem(self.file, key, message, device))
@@ -248,6 +275,7 @@ class _Loader:
 
     # -- sections ---------------------------------------------------------------------------------------------
     def load(self, data: dict[str, Any], base_dir: Path) -> GatewayConfig | None:
+        self.base_dir = base_dir
         for k in data:
             if k not in _TOP_KEYS:
                 self.err(k, f"unknown top-level key{suggest(k, _TOP_KEYS)}")
@@ -294,7 +322,9 @@ class _Loader:
             self.err("panel.port", "must be 0..65535 (0 disables the page)")
         sinks = self.sinks(data.get("sinks", []), base_dir)
         templates = self.templates(data.get("templates", {}))
+        links_problems = len(self.problems)
         links = self.links(data.get("links", []), templates)
+        analytics = self.analytics(data.get("analytics"), links, links_ok=len(self.problems) == links_problems)
         from protection.config import parse_protection, parse_protection_runtime  # protection.config imports us
 
         protection, prot_problems = parse_protection(data.get("protection"), self.file)
@@ -321,7 +351,15 @@ class _Loader:
             protection=protection,
             protection_runtime=runtime,
             protection_problems=tuple(str(p) for p in self.protection_problems),
+            analytics=analytics,
         )
+
+    def analytics(self, raw: Any, links: list[LinkConfig], links_ok: bool) -> AnalyticsConfig:
+        """``[analytics]`` (docs/analytics.md); its points must be configured ones (checked when the links were)."""
+        known = {f"{d.name}.{p.name}" for lk in links for d in lk.devices for p in d.points} if links_ok else None
+        cfg, problems = parse_analytics(raw, self.file, known, self.base_dir)
+        self.problems.extend(problems)
+        return cfg
 
     def storage(self, raw: Any) -> StorageConfig | None:
         kw = self.fill(StorageConfig, raw, "storage")
@@ -433,6 +471,163 @@ class _Loader:
                 if kw.get(f) is not None:
                     self.err(f"{key}.{f}", "only used with mqtts:// (TLS)")
 
+    # -- mqtt links (docs/analytics.md, "MQTT sensors") ---------------------------------------------------------
+    def mqtt_settings(self, raw: Any, key: str) -> tuple[MqttSettings, list[DeviceConfig]]:
+        """``[links.mqtt]`` of an mqtt link: the session settings and one device per known sensor."""
+        mkey = f"{key}.mqtt"
+        if raw is None:
+            self.err(mkey, "missing [links.mqtt] with at least one [[links.mqtt.topics]] (filter, sensors, fields)")
+            return MqttSettings(), []
+        kw = self.fill(MqttSettings, raw, mkey, skip=("topics",))
+        if kw is None:
+            return MqttSettings(), []
+        for f in ("ca_file", "cert_file", "key_file"):
+            if kw.get(f) is not None:
+                path = kw[f] if kw[f].is_absolute() else self.base_dir / kw[f]
+                kw[f] = path
+                if not path.is_file():
+                    self.err(f"{mkey}.{f}", f"file not found: {path}")
+        if (kw.get("cert_file") is None) != (kw.get("key_file") is None):
+            self.err(f"{mkey}.cert_file", "cert_file and key_file go together (client certificate and its key)")
+        if kw.get("cert_file") is not None and kw.get("ca_file") is None:
+            self.err(f"{mkey}.ca_file", "required with cert_file (TLS is on when ca_file is given)")
+        if kw.get("password") and not kw.get("username"):
+            self.err(f"{mkey}.password", "needs username")
+        ka = kw.get("keepalive_s", 30)
+        if not 5 <= ka <= 65535:
+            self.err(f"{mkey}.keepalive_s", f"must be 5..65535 seconds, got {ka}")
+        if len(kw.get("client_id", "").encode()) > 65535:
+            self.err(f"{mkey}.client_id", "longer than MQTT allows (65535 bytes)")
+        topics_raw = raw.get("topics", [])
+        if not isinstance(topics_raw, list) or not topics_raw:
+            self.err(f"{mkey}.topics", "expected at least one [[links.mqtt.topics]] (filter, sensors, fields)")
+            topics_raw = []
+        topics: list[MqttTopicConfig] = []
+        devices: list[DeviceConfig] = []
+        filters: set[str] = set()
+        for i, tr in enumerate(topics_raw):
+            label = tr.get("filter", i) if isinstance(tr, dict) else i
+            tkey = f"{mkey}.topics[{label}]"
+            topic = self.mqtt_topic(tr, tkey)
+            if topic is None:
+                continue
+            if topic.filter in filters:
+                self.err(f"{tkey}.filter", "the same topic filter is given twice")
+            filters.add(topic.filter)
+            topics.append(topic)
+            fields = topic.fields
+            for sensor in topic.sensors:
+                devices.append(
+                    DeviceConfig(
+                        name=sensor,
+                        points=tuple(
+                            PointConfig(name=f.point, kind="field", unit=f.unit, scale=f.scale, offset=f.offset)
+                            for f in fields
+                        ),
+                        location={**topic.location, **topic.locations.get(sensor, {})},
+                    )
+                )
+        return MqttSettings(**kw, topics=tuple(topics)), devices
+
+    def location_table(self, raw: Any, key: str, device: str = "") -> dict[str, str] | None:
+        """A location table: keys to text or numbers (kept as text), e.g. {site = "north", lat = 47.1}."""
+        if not isinstance(raw, dict):
+            self.err(key, f"expected a table like {{ site = \"north\", lat = 47.1 }}, got {raw!r}", device)
+            return None
+        out: dict[str, str] = {}
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                self.err(f"{key}.{k}", f"expected text or a number, got {v!r}", device)
+                continue
+            out[str(k)] = str(v)
+        return out
+
+    def mqtt_topic(self, raw: Any, tkey: str) -> MqttTopicConfig | None:
+        kw = self.fill(MqttTopicConfig, raw, tkey, skip=("fields", "location", "locations"))
+        if kw is None or "filter" not in kw:
+            return None
+        filt = kw["filter"]
+        levels = filt.split("/")
+        bad_level = any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels)
+        if not filt or "\0" in filt or bad_level or "#" in levels[:-1]:
+            self.err(f"{tkey}.filter", f"{filt!r} is not a valid MQTT topic filter ('+' a whole level, '#' last)")
+            return None
+        level = kw.get("device_level", -1)
+        if level == -1:
+            if "+" not in levels:
+                self.err(f"{tkey}.filter", f"{filt!r} has no '+' level to name the sensor (e.g. 'sensors/+/readings')")
+                return None
+            kw["device_level"] = levels.index("+")
+        elif not 0 <= level < len(levels) or levels[level] != "+":
+            self.err(f"{tkey}.device_level", f"level {level} of {filt!r} is not a '+' wildcard level")
+            return None
+        sensors = expand_sensor_ids(kw.get("sensors", ()))
+        kw["sensors"] = sensors
+        if not sensors:
+            self.err(f"{tkey}.sensors", "list the known sensor ids (devices), e.g. sensors = [\"pv-0001\"]")
+        seen: set[str] = set()
+        for s in sensors:
+            if not s.strip() or any(c in s for c in "./+#"):
+                self.err(f"{tkey}.sensors", f"sensor id {s!r} must be non-empty without '.', '/', '+', '#'", s)
+            if s in seen:
+                self.err(f"{tkey}.sensors", f"sensor id {s!r} is listed twice", s)
+            seen.add(s)
+        for f in ("max_future_s", "max_age_s"):
+            if kw.get(f, 1.0) <= 0:
+                self.err(f"{tkey}.{f}", "must be > 0")
+        if kw.get("timestamp_unit", "auto") != "auto" and not kw.get("timestamp_field", "ts"):
+            self.err(f"{tkey}.timestamp_unit", "needs timestamp_field")
+        fields: dict[str, MqttFieldConfig] = {f.field: f for f in MQTT_PROFILES.get(kw.get("profile", ""), ())}
+        fraw = raw.get("fields", [])
+        if not isinstance(fraw, list):
+            self.err(f"{tkey}.fields", "expected an array of tables: [[links.mqtt.topics.fields]]")
+            fraw = []
+        for j, fr in enumerate(fraw):
+            flabel = fr.get("field", j) if isinstance(fr, dict) else j
+            fkey = f"{tkey}.fields[{flabel}]"
+            fkw = self.fill(MqttFieldConfig, fr, fkey)
+            if fkw is None or "field" not in fkw:
+                continue
+            base = fields.get(fkw["field"])
+            fields[fkw["field"]] = dataclasses.replace(base, **fkw) if base is not None else MqttFieldConfig(**fkw)
+        if not fields:
+            self.err(f"{tkey}.fields", 'no fields: give [[links.mqtt.topics.fields]] or profile = "solar"')
+        points: set[str] = set()
+        out_fields: list[MqttFieldConfig] = []
+        for name, fc in fields.items():
+            fc = dataclasses.replace(fc, point=fc.point or name)
+            fkey = f"{tkey}.fields[{name}]"
+            if not fc.field.strip():
+                self.err(f"{fkey}.field", "must not be empty")
+            if "." in fc.point or not fc.point.strip():
+                self.err(f"{fkey}.point", "point names must be non-empty and contain no '.'")
+            if fc.point in points:
+                self.err(f"{fkey}.point", f"point {fc.point!r} is used by two fields")
+            points.add(fc.point)
+            if not fc.min < fc.max:
+                self.err(f"{fkey}.min", f"min ({fc.min}) must be below max ({fc.max})")
+            if fc.scale == 0:
+                self.err(f"{fkey}.scale", "must not be 0")
+            if fc.field == kw.get("timestamp_field", "ts"):
+                self.err(f"{fkey}.field", "is the timestamp_field")
+            out_fields.append(fc)
+        location: dict[str, str] = {}
+        if "location" in raw:
+            location = self.location_table(raw["location"], f"{tkey}.location") or {}
+        locations: dict[str, dict[str, str]] = {}
+        lraw = raw.get("locations", {})
+        if not isinstance(lraw, dict):
+            self.err(f"{tkey}.locations", "expected a table: sensor id = { site = ..., lat = ... }")
+            lraw = {}
+        for sid, loc in lraw.items():
+            if sid not in seen:
+                self.err(f"{tkey}.locations.{sid}", f"not a sensor of this topic{suggest(sid, seen)}", sid)
+                continue
+            table = self.location_table(loc, f"{tkey}.locations.{sid}", sid)
+            if table is not None:
+                locations[sid] = table
+        return MqttTopicConfig(**kw, fields=tuple(out_fields), location=location, locations=locations)
+
     def templates(self, raw: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(raw, dict):
             self.err("templates", "expected a table of templates: [templates.NAME]")
@@ -460,9 +655,13 @@ class _Loader:
         for i, lr in enumerate(raw):
             label = lr.get("name", i) if isinstance(lr, dict) else i
             key = f"links[{label}]"
-            kw = self.fill(LinkConfig, lr, key, skip=("devices",))
+            kw = self.fill(LinkConfig, lr, key, skip=("devices", "mqtt"))
             if kw is None:
                 continue
+            if kw.get("protocol") == "mqtt" and "port" not in kw:
+                mraw = lr.get("mqtt")
+                if isinstance(mraw, dict) and mraw.get("ca_file"):
+                    kw["port"] = MQTT_TLS_PORT
             name = kw.get("name")
             if name in link_names:
                 self.err(f"{key}.name", f"duplicate link name {name!r}")
@@ -506,8 +705,23 @@ class _Loader:
                     f"{key}.devices",
                     f"a {proto} link reaches one device ({len(devs_raw)} given); give each device its own link",
                 )
-            for j, dr in enumerate(devs_raw):
-                dev = self.device(dr, f"{key}.devices", j, templates, str(proto))
+            generated: list[DeviceConfig] = []
+            if proto == "mqtt":
+                if devs_raw:
+                    self.err(
+                        f"{key}.devices",
+                        "an mqtt link has no [[links.devices]]: its devices are the sensors listed in "
+                        "[[links.mqtt.topics]] (sensors = [...])",
+                    )
+                    devs_raw = []
+                settings, generated = self.mqtt_settings(lr.get("mqtt"), key)
+                kw["mqtt"] = settings
+            elif "mqtt" in lr:
+                self.err(f"{key}.mqtt", f"only for protocol mqtt (this link is {proto})")
+            entries: list[DeviceConfig | None] = [
+                self.device(dr, f"{key}.devices", j, templates, str(proto)) for j, dr in enumerate(devs_raw)
+            ]
+            for dev in [*entries, *generated]:
                 if dev is None:
                     continue
                 dkey = f"{key}.devices[{dev.name}]"

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +64,11 @@ def demo_config(data_dir: Path, panel_port: int, receiver_port: int, modbus_port
 def demo_ied61850_available() -> bool:
     """Whether the IEC 61850 demo IED can run here (its server library has x86_64 wheels only)."""
     return importlib.util.find_spec("pyiec61850") is not None
+
+
+def mosquitto_available() -> bool:
+    """Whether the solar part of the demo can run: it needs a mosquitto broker executable."""
+    return os.access("/usr/sbin/mosquitto", os.X_OK) or shutil.which("mosquitto") is not None
 
 
 def _port_free(port: int) -> bool:
@@ -122,6 +128,16 @@ def run_demo(
             "the demo runs without feeder 5",
             file=sys.stderr,
         )
+    with_solar = mosquitto_available() and any(lk.protocol == "mqtt" for lk in cfg.links)
+    if with_solar:
+        ports["MQTT broker (solar sensors)"] = modbus_port + 4
+    else:
+        cfg = dataclasses.replace(cfg, links=tuple(lk for lk in cfg.links if lk.protocol != "mqtt"))
+        print(
+            "note: the solar sensors (MQTT) part of the demo is skipped: it needs mosquitto "
+            "(/usr/sbin/mosquitto or mosquitto on PATH, e.g. `apt install mosquitto`) for its private broker",
+            file=sys.stderr,
+        )
     taken = [f"{what} port {p}" for what, p in ports.items() if not _port_free(p)]
     if taken:
         print(
@@ -175,6 +191,13 @@ def run_demo(
         if with_61850:
             _wait_listening(modbus_port + 3, ieds, "simulated IEC 61850 IED")
         _wait_listening(receiver_port, receiver, "receiver")
+        if with_solar:  # a private broker on modbus_port + 4 and 20 simulated PV panels publishing to it
+            solar = subprocess.Popen(
+                [sys.executable, "-m", "hil_tests.demo_solar", "--start-broker", "--port", str(modbus_port + 4)],
+                env=env,
+            )
+            children.append(solar)
+            _wait_listening(modbus_port + 4, solar, "MQTT broker (solar sensors)")
         print(
             "\n"
             f"  Gateway status page : http://127.0.0.1:{panel_port}/   (JSON: /api/status)\n"
@@ -184,6 +207,8 @@ def run_demo(
             f"  Simulated IEDs      : modbus tcp 127.0.0.1:{modbus_port} (units 1-3), 127.0.0.1:{modbus_port + 1}\n"
             f"                        dnp3 tcp 127.0.0.1:{modbus_port + 2} (outstation 10)\n"
             + (f"                        iec 61850 mms 127.0.0.1:{modbus_port + 3} (IED1)\n" if with_61850 else "")
+            + (f"  Solar sensors       : mqtt 127.0.0.1:{modbus_port + 4} (sensors/pv-NN/readings, 20 panels)\n"
+               if with_solar else "")
             + f"  Data                : {data_dir}\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,

@@ -18,6 +18,7 @@ __all__ = ["SESSION_DRIVERS", "driver_factory"]
 SESSION_DRIVERS: Final[dict[str, str]] = {
     "dnp3_tcp": "protocols.dnp3:Dnp3Session",
     "iec61850": "protocols.iec61850:Iec61850Session",
+    "mqtt": "protocols.mqtt:MqttSession",  # sensors over MQTT (one device per sensor; docs/analytics.md)
 }
 
 

@@ -163,3 +163,18 @@ class Event:
     device: str = ""
     point: str = ""
     data: str = ""  # JSON text, optional
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """One input record the gateway refused to store as readings (a sensor message that failed validation).
+
+    Kept verbatim in the store's ``quarantine`` table, never silently dropped (see docs/analytics.md).
+    """
+
+    ts: int  # UTC epoch ns when the gateway received it
+    device: str  # the device (sensor id) the record names, "" when it names none
+    topic: str  # where it came from (MQTT topic)
+    reason: str  # short machine-readable cause, e.g. "malformed-json", "out-of-range"
+    detail: str  # human-readable detail (field, value, limit)
+    payload: bytes  # the raw record as received

@@ -1,4 +1,5 @@
-"""Session runner: the policy around one DNP3 or IEC 61850 association (one link, one device).
+"""Session runner: the policy around one DNP3 or IEC 61850 association (one link, one device), or one MQTT
+broker session (one link, one device per sensor: ``MULTI_DEVICE_PROTOCOLS``).
 
 The counterpart of :class:`gateway.runner.LinkRunner` for protocols whose devices also talk on their own. The
 driver (:class:`protocols.session.SessionDriver`) does I/O; this module owns:
@@ -74,6 +75,8 @@ ALARM_COUNTERS: Final[dict[str, tuple[str, int]]] = {
     ),
     "bad_references": ("data references the IED does not have (see the device's points, marked bad-reference)", 2),
 }
+# Protocols whose one session serves several devices (mqtt: one device per sensor); the others have exactly one.
+MULTI_DEVICE_PROTOCOLS: Final = frozenset({"mqtt"})
 LATENESS_WINDOW: Final = 1024  # job starts kept for lateness_p99_ms
 Q_LOST: Final = int(Q.QUESTIONABLE | Q.OLD_DATA | Q.FAILURE | Q.GATEWAY_TIME)
 
@@ -126,11 +129,11 @@ class SessionRunner:
         on_event: Callable[[Event], None] | None = None,
         pending: PendingBudget | None = None,
     ) -> None:
-        if len(link.devices) != 1:
+        if len(link.devices) != 1 and not (link.devices and link.protocol in MULTI_DEVICE_PROTOCOLS):
             raise ValueError(f"link {link.name}: a {link.protocol} link has exactly one device")
         self.link = link
-        self.device = link.devices[0]
-        names = [f"{self.device.name}.{p.name}" for p in self.device.points]
+        self.device = link.devices[0]  # DNP3/61850: the one device; mqtt: one device per sensor, all on one session
+        names = [f"{d.name}.{p.name}" for d in link.devices for p in d.points]
         missing = [n for n in names if n not in point_ids]
         if missing:
             raise ValueError(f"link {link.name}: no point id for {', '.join(missing[:10])}")
@@ -195,12 +198,14 @@ class SessionRunner:
         return self._up
 
     def status(self) -> list[dict[str, Any]]:
-        """One dict for the device, with the same fields as :meth:`LinkRunner.status` plus ``protocol``."""
+        """One dict per device, with the same fields as :meth:`LinkRunner.status` plus ``protocol`` (and
+        ``location`` when the device has one). Devices sharing the session share its counters."""
         c = self._c
         lat = np.fromiter(c.lateness, dtype=np.int64, count=len(c.lateness))
+        proto = {"name": self.link.protocol, **self.driver.status()}
         return [
             {
-                "device": self.device.name,
+                "device": dev.name,
                 "link": self.link.name,
                 "state": c.state,
                 "last_good_ns": c.last_good_ns,
@@ -211,8 +216,10 @@ class SessionRunner:
                 "reconnects": self.reconnects,
                 "missed_slots": c.missed_slots,
                 "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
-                "protocol": {"name": self.link.protocol, **self.driver.status()},
+                "protocol": proto,
+                **({"location": dict(dev.location)} if dev.location else {}),
             }
+            for dev in self.link.devices
         ]
 
     # ------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Runs on the gateway's event loop; reads only in-memory state and cheap store cou
 
 from __future__ import annotations
 
+import asyncio
 import html
 import math
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,8 @@ def _state_class(state: str) -> str:
     return {"ok": "ok", "starting": "warn", "backoff": "bad", "disconnected": "bad"}.get(state, "warn")
 
 
-_PROTOCOL_NAMES = {"modbus_tcp": "Modbus TCP", "modbus_rtu": "Modbus RTU", "dnp3_tcp": "DNP3", "iec61850": "IEC 61850"}
+_PROTOCOL_NAMES = {"modbus_tcp": "Modbus TCP", "modbus_rtu": "Modbus RTU", "dnp3_tcp": "DNP3", "iec61850": "IEC 61850",
+                   "mqtt": "MQTT"}
 
 
 def render_html(gw: Gateway, status: dict[str, Any], points: list[dict[str, Any]]) -> str:
@@ -135,6 +137,7 @@ of {_fmt_bytes(int(st.get("disk_budget_bytes", 0)))} budget{' · DISK FULL' if s
 · downsampled {st.get("downsampled_rows", 0)} · evicted {st.get("evicted_rows", 0)} readings,
 {st.get("evicted_events", 0)} events · gap records {st.get("gap_records", 0)}</p></div></div>
 {prot_html}
+{_quarantine_html(status.get("quarantine"), now)}
 <h2>Latest values</h2><table><tr><th>point</th><th>value</th><th>unit</th><th>quality</th><th>age</th></tr>
 {pt_rows}</table></body></html>"""
 
@@ -178,6 +181,57 @@ def _protection_html(p: dict[str, Any] | None, now: int) -> str:
 <h3>Fault records</h3><ul>{records or "<li>none</li>"}</ul></div></div>"""
 
 
+QUARANTINE_RECENT = 10  # last quarantine records shown
+
+
+async def quarantine_status(gw: Gateway, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Quarantined sensor records (MQTT links): counts per reason since start (the drivers' counters), the
+    total kept in the store and its last few records (read in a worker thread). None without mqtt links."""
+    links: dict[str, dict[str, Any]] = {}
+    for d in status["devices"]:
+        proto = d.get("protocol") or {}
+        if proto.get("name") == "mqtt":
+            links.setdefault(str(d.get("link")), proto)
+    if not links:
+        return None
+    counts: dict[str, int] = {}
+    for proto in links.values():
+        for reason, n in (proto.get("quarantine") or {}).items():
+            counts[reason] = counts.get(reason, 0) + int(n)
+    recent: list[dict[str, Any]] = []
+    store = gw.store
+    if store is not None:
+        last = int(store.stats().get("last_quarantine_seq", 0))
+        if last:
+            tbl = await asyncio.to_thread(store.quarantine_after, max(0, last - QUARANTINE_RECENT), QUARANTINE_RECENT)
+            for row in reversed(tbl.to_pylist()):
+                payload = bytes(row.pop("payload"))
+                row["payload"] = payload[:200].decode("utf-8", errors="replace")
+                row["payload_bytes"] = len(payload)
+                recent.append(row)
+    stored = int(store.stats().get("quarantined", 0)) if store is not None else 0
+    return {"counts": dict(sorted(counts.items())), "stored": stored, "recent": recent}
+
+
+def _quarantine_html(qs: dict[str, Any] | None, now: int) -> str:
+    if qs is None:
+        return ""
+    e = html.escape
+    counts = "".join(f"<tr><td>{e(r)}</td><td class='num'>{n}</td></tr>" for r, n in qs["counts"].items())
+    recent = "".join(
+        f"<tr><td>{_fmt_age(now, int(r['ts']))}</td><td>{e(r['device'])}</td><td>{e(r['topic'])}</td>"
+        f"<td>{e(r['reason'])}</td><td class='muted'>{e(r['detail'])}</td>"
+        f"<td><code>{e(r['payload'][:80])}</code></td></tr>"
+        for r in qs["recent"]
+    )
+    return f"""<h2>Quarantine</h2><p class="muted">sensor records refused by validation, kept with their raw payload
+(store table <code>quarantine</code>): {qs["stored"]} stored</p>
+<div class="grid"><div><table><tr><th>reason</th><th>count</th></tr>
+{counts or "<tr><td>none</td><td></td></tr>"}</table></div>
+<div><table><tr><th>age</th><th>device</th><th>topic</th><th>reason</th><th>detail</th><th>payload</th></tr>
+{recent}</table></div></div>"""
+
+
 def _json_safe(obj: Any) -> Any:
     """Replace NaN/inf floats (not valid JSON) with None, recursively."""
     if isinstance(obj, float):
@@ -192,6 +246,7 @@ def _json_safe(obj: Any) -> Any:
 def build_status_app(gw: Gateway) -> Starlette:
     async def index(request: Request) -> Response:
         status = gw.status()
+        status["quarantine"] = await quarantine_status(gw, status)
         points = point_rows(gw)
         wants_json = (
             request.url.path.startswith("/api/")

@@ -10,7 +10,8 @@ from typing import Final
 
 # Version of the table layout below, kept in ``meta('schema_version')``. Bump it (and add a migration in
 # store.py) whenever a table changes. A file with a higher version is refused (StoreVersionError).
-SCHEMA_VERSION: Final = 2  # 2: readings_1m, reclaim_log, meta downsampled_seq/commit_no (1 upgrades in place)
+SCHEMA_VERSION: Final = 3  # 2: readings_1m, reclaim_log, meta downsampled_seq/commit_no; 3: quarantine
+# (older files upgrade in place: every CREATE TABLE IF NOT EXISTS below runs on open)
 
 # DuckDB storage format the file is written in. DuckDB 2.0 writes format "v2.0.0" by default, which no 1.x
 # release can open. v1.2.0 is the oldest format readable by every DuckDB this project supports
@@ -102,6 +103,17 @@ DDL: Final[tuple[str, ...]] = (
         events      BIGINT  NOT NULL,
         done_ns     BIGINT  NOT NULL
     )""",
+    # input records refused by validation (MQTT sensors: docs/analytics.md), with the raw payload; bounded to
+    # QUARANTINE_MAX_ROWS (the oldest rows go first); never uploaded
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        seq     BIGINT  NOT NULL,
+        ts      BIGINT  NOT NULL,
+        device  VARCHAR NOT NULL,
+        topic   VARCHAR NOT NULL,
+        reason  VARCHAR NOT NULL,
+        detail  VARCHAR NOT NULL,
+        payload BLOB    NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         sink       VARCHAR PRIMARY KEY,
         acked_seq  BIGINT  NOT NULL,
@@ -120,3 +132,5 @@ META_COMMIT_NO: Final = "commit_no"  # incremented by every transaction: tells a
 
 READING_COLUMNS: Final = ("seq", "ts", "point_id", "value", "quality")
 EVENT_COLUMNS: Final = ("seq", "ts", "priority", "kind", "device", "point", "message", "data")
+QUARANTINE_COLUMNS: Final = ("seq", "ts", "device", "topic", "reason", "detail", "payload")
+QUARANTINE_MAX_ROWS: Final = 100_000  # the quarantine table keeps at most this many (newest) records

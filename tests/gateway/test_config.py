@@ -70,7 +70,9 @@ def test_good_config_loads(tmp_path: Path) -> None:
 def test_demo_config_is_valid() -> None:
     cfg, warnings = load_config(DEMO)
     assert warnings == []
-    assert [d.name for _, d in cfg.devices()] == ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5"]
+    panels = [f"pv-{i:02d}" for i in range(1, 21)]  # solar sensors over MQTT
+    assert [d.name for _, d in cfg.devices()] == ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5",
+                                                  *panels]  # fmt: skip
     assert len(cfg.devices()[0][1].points) == 17
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from gateway.demo import mosquitto_available
 from storefwd.store import Store
 from tests.waiting import wait_until
 
@@ -30,9 +31,10 @@ def free_ports(n: int, consecutive: int = 1) -> list[int]:
             p = s.getsockname()[1]
             if consecutive > 1 and len(ports) == 0:
                 try:
-                    s2 = socket.socket()
-                    socks.append(s2)
-                    s2.bind(("127.0.0.1", p + 1))
+                    for k in range(1, consecutive):
+                        s2 = socket.socket()
+                        socks.append(s2)
+                        s2.bind(("127.0.0.1", p + k))
                 except OSError:
                     continue
             ports.append(p)
@@ -42,6 +44,10 @@ def free_ports(n: int, consecutive: int = 1) -> list[int]:
     return ports
 
 
+def points_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["point"]: p for p in status["points"]}
+
+
 def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=2) as r:
         return json.loads(r.read())
@@ -49,8 +55,10 @@ def get_json(url: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    modbus, panel, receiver = free_ports(3, consecutive=4)  # Modbus feeders, incomer, DNP3 RTU, 61850 IED
+    # Modbus feeders, incomer, DNP3 RTU, 61850 IED, MQTT broker of the solar sensors
+    modbus, panel, receiver = free_ports(3, consecutive=5)
     data = tmp_path / "demo-data"
+    with_solar = mosquitto_available()  # this machine has it: the solar part must run
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -80,18 +88,29 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
                 status = get_json(f"http://127.0.0.1:{panel}/api/status")
             except OSError:
                 return False
+            def ok(d: dict[str, Any]) -> bool:  # sensors over MQTT are never polled
+                return d["state"] == "ok" and (d["polls"] >= 3 or d["protocol"]["name"] == "mqtt")
+
+            solar = [p for p in status["points"] if p["point"].startswith("pv-") and p["value"] is not None]
             return (
-                all(d["state"] == "ok" and d["polls"] >= 3 for d in status["devices"])
+                all(ok(d) for d in status["devices"])
+                and (len(solar) >= 20 or not with_solar)
                 and bool(status["sinks"][0]["last_ack_seq"] > 0)
                 and status["protection"]["state"] == "running"
                 and status["protection"]["outputs"][0]["link"] == "up"
             )
 
         wait_until(up, 60, "the demo polling and syncing")
-        devices = ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5"]
+        panels = [f"pv-{i:02d}" for i in range(1, 21)] if with_solar else []
+        devices = ["feeder1", "feeder2", "feeder3", "incomer", "feeder4", "feeder5", *panels]
         assert [d["device"] for d in status["devices"]] == devices
-        protocols = ["modbus_tcp"] * 4 + ["dnp3_tcp", "iec61850"]
+        protocols = ["modbus_tcp"] * 4 + ["dnp3_tcp", "iec61850"] + ["mqtt"] * len(panels)
         assert [d["protocol"]["name"] for d in status["devices"]] == protocols
+        if with_solar:  # 20 simulated PV panels over a private Mosquitto
+            pv = points_of(status)
+            assert pv["pv-07.voltage"]["validity"] == "good" and 0 <= pv["pv-07.voltage"]["value"] <= 60
+            assert pv["pv-07.power"]["unit"] == "W" and -20 <= pv["pv-20.temperature"]["value"] <= 80
+            assert status["devices"][-1]["location"]["zone"] == "roof" and status["quarantine"] is not None
         points = {p["point"]: p for p in status["points"]}
         assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000
         assert 49 < points["incomer.f"]["value"] < 51
@@ -116,6 +135,7 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             proc.communicate()
     text = out.decode()
     assert proc.returncode == 0, text
+    assert ("solar sensors (MQTT) part of the demo is skipped" in text) != with_solar
     assert f"http://127.0.0.1:{panel}/" in text and "demo stopped" in text
     assert "Traceback" not in text
     with Store(data / "gateway.duckdb") as store:

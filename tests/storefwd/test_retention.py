@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from gateway.model import Event, PointInfo, ReadingBatch
-from storefwd import Store
+from storefwd import Store, schema
 from storefwd.retention import AVG_QUALITY, AVG_SUFFIX, MINUTE_NS, RetentionPolicy
 from tests.storefwd.helpers import T0
 
@@ -237,7 +237,8 @@ def test_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert s.last_seq() == 1
         assert s.reclaim_step() is not None
     with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert row == (str(schema.SCHEMA_VERSION),)
 
 
 def test_a_file_with_mostly_free_blocks_is_compacted_at_open(tmp_path: Path) -> None:
