@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from gateway.analytics.config import build_analytics
+from gateway.analytics.service import AnalyticsService, derived_points
 from gateway.config import GatewayConfig, LinkConfig
 from gateway.controls import ControlService
 from gateway.drivers import SESSION_DRIVERS, driver_factory
@@ -71,6 +73,7 @@ class Gateway:
         self.wall_ns = wall_ns
         self._sink_transport = sink_transport
         self.store: Store | None = None
+        self.analytics: AnalyticsService | None = None  # the configured [analytics], fed from _emit
         self.runners: list[LinkRunner | SessionRunner] = []
         self.controls: ControlService | None = None
         self._event_tasks: set[asyncio.Task[int]] = set()  # event writes in flight (strong refs)
@@ -121,9 +124,16 @@ class Gateway:
         self.points = [
             PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit) for _, dev in cfg.devices() for p in dev.points
         ]
+        analytics = build_analytics(cfg.analytics)  # their curated values are points like any other
+        self.points += [p for p in derived_points(analytics) if p.name not in {q.name for q in self.points}]
         ids = await asyncio.to_thread(self.store.register_points, self.points)
         self.point_ids = {p.name: int(i) for p, i in zip(self.points, ids, strict=True)}
         self.latest = LatestTable(max(self.point_ids.values(), default=0))
+        if analytics:
+            self.analytics = AnalyticsService(
+                analytics, self.point_ids, self._emit, self._record_event, wall_ns=self.wall_ns
+            )
+            self._tasks.append(asyncio.create_task(self.analytics.run(), name="analytics"))
         if cfg.protection_problems:
             alarms = [
                 Event(ts=self.wall_ns(), kind="alarm", priority=0, message=f"protection element not armed: {p}")
@@ -241,6 +251,8 @@ class Gateway:
             self.emit_backpressure += 1
             return False
         self.latest.update(batch, self.wall_ns())
+        if self.analytics is not None:
+            self.analytics.tap(batch)
         return True
 
     async def stop_sources(self) -> None:
@@ -252,8 +264,14 @@ class Gateway:
         self._tasks = [t for t in self._tasks if t not in runner_tasks]
 
     async def stop(self) -> None:
-        """Stop sources first (runners), then the panel and uploaders, then drain and close the store."""
+        """Stop sources first (runners), then analytics (a last tick stores what they still had), then the panel
+        and uploaders, then drain and close the store."""
         await self.stop_sources()
+        if self.analytics is not None:
+            self.analytics.stop()
+            tasks = [t for t in self._tasks if t.get_name() == "analytics"]
+            await _wait_tasks(tasks, 10.0)
+            self._tasks = [t for t in self._tasks if t not in tasks]
         if self.protection is not None:
             self.protection.stop()
             prot_tasks = [t for t in self._tasks if t.get_name() == "protection"]
@@ -347,6 +365,7 @@ class Gateway:
             "store": store_stats,
             "emit_backpressure": self.emit_backpressure,
             "protection": self.protection.status() if self.protection is not None else None,
+            "analytics": self.analytics.status() if self.analytics is not None else None,
         }
 
 

@@ -169,12 +169,13 @@ class AnalyticsService:
         attributes (no iteration over containers the worker mutates)."""
         parts: list[Any] = []
         for a in self.analytics:
-            fn = getattr(a, "status", None)
-            if callable(fn):
-                try:
-                    parts.append({"analytic": type(a).__name__, **fn()})
-                except Exception as e:  # a status must never break the page
-                    parts.append({"analytic": type(a).__name__, "error": repr(e)})
+            for attr in ("status", "health"):  # health(): per-device assessments of the anomaly detector
+                fn = getattr(a, attr, None)
+                if callable(fn):
+                    try:
+                        parts.append({"analytic": type(a).__name__, attr: fn()})
+                    except Exception as e:  # a status must never break the page
+                        parts.append({"analytic": type(a).__name__, "error": repr(e)})
         return {"analytics": parts, "events": self.events, "readings": self.readings, "errors": self.errors,
                 "skipped_rows": self.skipped_rows}  # fmt: skip
 
