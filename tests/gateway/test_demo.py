@@ -91,9 +91,12 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             def ok(d: dict[str, Any]) -> bool:  # sensors over MQTT are never polled
                 return d["state"] == "ok" and (d["polls"] >= 3 or d["protocol"]["name"] == "mqtt")
 
-            solar = [p for p in status["points"] if p["point"].startswith("pv-") and p["value"] is not None]
+            solar = [p for p in status["points"] if p["point"].endswith(".power") and p["point"].startswith("pv-")
+                     and p["value"] is not None]  # fmt: skip
+            f_avg = [p for p in status["points"] if p["point"] == "busbar.f_avg_1s" and p["value"] is not None]
             return (
                 all(ok(d) for d in status["devices"])
+                and bool(f_avg)  # the analytics' 1-s frequency window of the busbar
                 and (len(solar) >= 20 or not with_solar)
                 and bool(status["sinks"][0]["last_ack_seq"] > 0)
                 and status["protection"]["state"] == "running"
@@ -112,6 +115,10 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             assert pv["pv-07.power"]["unit"] == "W" and -20 <= pv["pv-20.temperature"]["value"] <= 80
             assert status["devices"][-1]["location"]["zone"] == "roof" and status["quarantine"] is not None
         points = {p["point"]: p for p in status["points"]}
+        assert 49 < points["busbar.f_avg_1s"]["value"] < 51 and points["busbar.f_avg_1s"]["unit"] == "Hz"
+        assert status["analytics"]["errors"] == 0
+        if with_solar:
+            assert points["pv-01.energy_today_kwh"]["unit"] == "kWh"
         assert points["feeder1.Ia"]["validity"] == "good" and 0 < points["feeder1.Ia"]["value"] < 1000
         assert 49 < points["incomer.f"]["value"] < 51
         assert 49 < points["feeder4.f"]["value"] < 51 and points["feeder4.f"]["validity"] == "good"  # over DNP3
