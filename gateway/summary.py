@@ -47,6 +47,15 @@ def format_summary(cfg: GatewayConfig) -> str:
         if link.protocol in ("dnp3_tcp", "iec61850"):
             lines.extend(_session_device_line(link.protocol, d) for d in link.devices)
             continue
+        if link.protocol == "mqtt":  # sensors push: one line per topic, not one per sensor
+            for t in link.mqtt.topics:
+                fields = {f.field for f in t.fields} | ({"temperature", "voltage", "current", "power"}
+                                                      if t.profile == "solar" else set())  # fmt: skip
+                lines.append(
+                    f"    topic {t.filter}: {_plural(len(t.sensors), 'sensor')}"
+                    f"{' (' + t.profile + ' profile)' if t.profile else ''}, {_plural(len(fields), 'field')}, QoS 1"
+                )
+            continue
         for d in link.devices:
             blocks = plan_device(d)
             n_req = sum(len(b) for b in blocks.values())
@@ -54,6 +63,15 @@ def format_summary(cfg: GatewayConfig) -> str:
                 f"    device {d.name}: unit {d.unit_id}, {_plural(len(d.points), 'point')}, "
                 f"{_plural(n_req, 'request')} per cycle, {requests_per_second(d):.2f} requests/s"
             )
+    a = cfg.analytics
+    n_bus, n_meter = len(a.frequency.buses), len(a.energy.meters)
+    parts = [
+        f"frequency on {n_bus} {'bus' if n_bus == 1 else 'buses'}" if n_bus else "",
+        f"energy of {_plural(n_meter, 'meter')}" if n_meter else "",
+        f"anomaly scoring of {_plural(len(a.anomaly.devices), 'device')}" if a.anomaly is not None else "",
+    ]
+    if any(parts):
+        lines.append("analytics: " + ", ".join(p for p in parts if p))
     return "\n".join(lines)
 
 
