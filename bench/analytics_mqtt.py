@@ -40,7 +40,7 @@ DEFAULT_RATES = (1000, 2000, 5000, 10_000, 12_500, 15_000, 20_000, 30_000)
 FIELDS = 4  # temperature, voltage, current, power
 
 
-def _config(data: Path, port: int, sensors: int) -> Any:
+def _config(data: Path, port: int, sensors: int, commit_interval_ms: int = 250) -> Any:
     from gateway.config_load import parse_config
 
     text = f"""
@@ -50,6 +50,8 @@ id = "bench-mqtt"
 data_dir = "{data}"
 [panel]
 port = 0
+[storage]
+commit_interval_ms = {commit_interval_ms}
 [[links]]
 name = "solar"
 protocol = "mqtt"
@@ -179,13 +181,14 @@ async def _step(gw: Any, watcher: CommitWatcher, port: int, sensors: int, rate: 
     }
 
 
-async def _measure(sensors: int, rates: list[int], step_s: float, tmp: Path) -> dict[str, Any]:
+async def _measure(sensors: int, rates: list[int], step_s: float, tmp: Path,
+                   commit_interval_ms: int = 250) -> dict[str, Any]:  # fmt: skip
     from gateway.app import Gateway
     from hil_tests.demo_solar import PrivateMosquitto
     from hil_tests.net import free_port
 
     with PrivateMosquitto(tmp / "broker", free_port(), persistence=False) as broker:
-        gw = Gateway(_config(tmp / "data", broker.port, sensors))
+        gw = Gateway(_config(tmp / "data", broker.port, sensors, commit_interval_ms))
         await gw.start()
         watcher = CommitWatcher(gw.store)
         steps: list[dict[str, Any]] = []
@@ -225,17 +228,19 @@ async def _measure(sensors: int, rates: list[int], step_s: float, tmp: Path) -> 
     }
 
 
-def measure_mqtt(sensors: int = 1000, rates: list[int] | None = None, step_s: float = 5.0) -> dict[str, Any]:
+def measure_mqtt(sensors: int = 1000, rates: list[int] | None = None, step_s: float = 5.0,
+                 commit_interval_ms: int = 250) -> dict[str, Any]:  # fmt: skip
     """Run the stepped-rate benchmark (see the module docstring); returns its figures."""
     chosen = sorted(set(rates or DEFAULT_RATES) | {sensors})
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
-        return asyncio.run(_measure(sensors, chosen, step_s, Path(tmp)))
+        return asyncio.run(_measure(sensors, chosen, step_s, Path(tmp), commit_interval_ms))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sensors", type=int, default=1000)
     ap.add_argument("--step-s", type=float, default=5.0)
+    ap.add_argument("--commit-interval-ms", type=int, default=250, help="the store's group-commit interval")
     ap.add_argument("--rates", default=",".join(str(r) for r in DEFAULT_RATES), help="offered messages/s")
     ap.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -244,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         print(json.dumps(publish(args.port, args.sensors, args.rate, args.step_s)), flush=True)
         return 0
-    result = measure_mqtt(args.sensors, [int(r) for r in args.rates.split(",") if r], args.step_s)
+    result = measure_mqtt(args.sensors, [int(r) for r in args.rates.split(",") if r], args.step_s,
+                          args.commit_interval_ms)  # fmt: skip
     print(json.dumps(result), flush=True)
     return 0
 
