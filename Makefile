@@ -80,6 +80,7 @@ bench: $(TEST_STAMP) system-deps services
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.sync
 	$(BIN)/python -m bench.outage
+	$(BIN)/python -m bench.analytics
 	$(BIN)/python -m bench.protection
 
 clean:
