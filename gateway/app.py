@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -315,6 +316,7 @@ class Gateway:
         events: list[Event] = []
         now = self.wall_ns()
         for r in self.runners:
+            changed: dict[tuple[str, str], list[str]] = {}  # (before, state) -> devices, in order
             for d in r.status():
                 name, state = str(d["device"]), str(d["state"])
                 before = self._comm_states.get(name, "starting")
@@ -323,15 +325,20 @@ class Gateway:
                 self._comm_states[name] = state
                 if before == "starting" and state == "ok":
                     continue
+                changed.setdefault((before, state), []).append(name)
+            for (before, state), names in changed.items():
                 lost = state in ("backoff", "disconnected")
-                events.append(
-                    Event(
-                        ts=now,
-                        kind="comm",
-                        message=f"{name}: communication {'lost' if lost else 'restored'} ({before} → {state})",
-                        priority=1 if lost else 2,
-                        device=name,
-                    )
+                what = f"communication {'lost' if lost else 'restored'} ({before} → {state})"
+                if r.link.protocol == "mqtt" and len(names) > 1:
+                    # the sensors of one broker session change together: one event for the link, not one each
+                    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                    events.append(Event(ts=now, kind="comm", priority=1 if lost else 2, point=f"link {r.link.name}",
+                                        message=f"link {r.link.name}: {what} for {len(names)} sensors ({shown})",
+                                        data=json.dumps({"link": r.link.name, "devices": names})))  # fmt: skip
+                    continue
+                events.extend(
+                    Event(ts=now, kind="comm", message=f"{name}: {what}", priority=1 if lost else 2, device=name)
+                    for name in names
                 )
         return events
 

@@ -284,6 +284,10 @@ async def test_broker_restart_marks_points_lost_then_resubscribes(gateway: Gatew
     assert r["pv-02.temperature"][-1][1:] == (21.0, Q_LOST)
     assert np.isnan(r["pv-02.voltage"][-1][1]) and r["pv-02.voltage"][-1][2] == Q_LOST
     assert all(vals[-1][2] == Q_LOST for vals in r.values()) and len(r) == 12
+    # one comm event for the broker session, not one per sensor
+    lost = gw.comm_events()
+    assert [(e.point, e.priority) for e in lost] == [(f"link {runner.link.name}", 1)]
+    assert "lost" in lost[0].message and "3 sensors" in lost[0].message
     broker.start()  # same port, no persistence: the broker knows no subscription of ours
     await wait_for(lambda: runner.up and runner.reconnects >= 1, what="session re-established")
     pub = Publisher(broker.port)
