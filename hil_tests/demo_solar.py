@@ -32,8 +32,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
 __all__ = ["PrivateMosquitto", "SolarField", "mosquitto_path"]
 
@@ -52,7 +53,10 @@ class PrivateMosquitto:
     """One private plain-MQTT broker process on ``127.0.0.1:port`` (see the module docstring)."""
 
     def __init__(self, directory: Path, port: int, *, persistence: bool = True, max_inflight: int = 1000,
-                 executable: str | None = None) -> None:  # fmt: skip
+                 executable: str | None = None, general: Sequence[str] = ("allow_anonymous true",),
+                 listener: Sequence[str] = ()) -> None:  # fmt: skip
+        """``general``: more settings before the listener (default: anonymous clients); ``listener``: settings
+        of the listener (TLS files, ...), written after its ``listener`` line."""
         exe = executable or mosquitto_path()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (/usr/sbin/mosquitto or mosquitto on PATH)")
@@ -62,7 +66,7 @@ class PrivateMosquitto:
         self.port = port
         self.log = self.dir / "mosquitto.log"
         self.conf = self.dir / "mosquitto.conf"
-        persist = self.dir / "persist"
+        persist = self.persistence = self.dir / "persist"
         persist.mkdir(exist_ok=True)
         user = pwd.getpwuid(os.getuid()).pw_name  # as root, do not drop to user "mosquitto"
         self.conf.write_text(
@@ -80,8 +84,9 @@ class PrivateMosquitto:
                     "log_type error",
                     "log_type warning",
                     "log_type notice",
-                    "allow_anonymous true",
+                    *general,
                     f"listener {self.port} 127.0.0.1",
+                    *listener,
                     "",
                 ]
             )
@@ -114,8 +119,8 @@ class PrivateMosquitto:
     def kill(self) -> None:
         self._end(signal.SIGKILL)
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        self._end(sig)
         self.start()
 
     @property
@@ -139,7 +144,7 @@ class PrivateMosquitto:
     def close(self) -> None:
         self.stop()
 
-    def __enter__(self) -> PrivateMosquitto:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

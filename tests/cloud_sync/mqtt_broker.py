@@ -17,12 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import pwd
-import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -32,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hil_tests.demo_solar import PrivateMosquitto
 from hil_tests.net import free_port
 
 MOSQUITTO: Final = "/usr/sbin/mosquitto"
@@ -155,124 +150,23 @@ pattern write {prefix}/%u/batches
 """
 
 
-class Mosquitto:
-    """One private broker process (see the module docstring). Not thread-safe: one owner (the test)."""
+class Mosquitto(PrivateMosquitto):
+    """A private broker with TLS, client certificates and an ACL (see the module docstring). One owner."""
 
     def __init__(self, directory: Path, pki: Pki, *, topic_prefix: str = "gw", port: int | None = None,
                  message_size_limit: int = 64 * 1024 * 1024, max_packet_size: int = 0,
                  max_inflight: int = 20) -> None:  # fmt: skip
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.pki = pki
-        self.port = port or free_port()
-        self.url = f"mqtts://127.0.0.1:{self.port}"
-        self.persistence = self.dir / "persist"
-        self.persistence.mkdir(exist_ok=True)
-        self.log = self.dir / "mosquitto.log"
-        self.conf = self.dir / "mosquitto.conf"
-        acl = self.dir / "acl"
+        directory.mkdir(parents=True, exist_ok=True)
+        acl = directory / "acl"
         acl.write_text(ACL.format(bridge=BRIDGE_ID, prefix=topic_prefix))
-        user = pwd.getpwuid(os.getuid()).pw_name  # root: do not drop to user "mosquitto" (it could not read the keys)
-        self.conf.write_text(
-            "\n".join(
-                [
-                    f"user {user}",
-                    "per_listener_settings false",
-                    "persistence true",
-                    f"persistence_location {self.persistence}/",
-                    "autosave_interval 1800",
-                    "max_queued_messages 1000000",
-                    "max_queued_bytes 0",
-                    f"max_inflight_messages {max_inflight}",
-                    f"message_size_limit {message_size_limit}",
-                    *([f"max_packet_size {max_packet_size}"] if max_packet_size else []),
-                    "persistent_client_expiration 1d",
-                    f"log_dest file {self.log}",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "log_type information",
-                    "connection_messages true",
-                    "allow_anonymous false",
-                    f"acl_file {acl}",
-                    f"listener {self.port} 127.0.0.1",
-                    f"cafile {pki.ca}",
-                    f"certfile {pki.broker.cert}",
-                    f"keyfile {pki.broker.key}",
-                    "require_certificate true",
-                    "use_identity_as_username true",
-                    "",
-                ]
-            )
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    # ----------------------------------------------------------------------------------------------- control
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "broker already running"
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                err = ""
-                if self.proc.stderr is not None:
-                    err = self.proc.stderr.read().decode(errors="replace")
-                    self.proc.stderr.close()
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}{self.log_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"mosquitto did not listen on port {self.port}: {self.log_text()}") from None
-                time.sleep(0.02)  # the broker's startup, not a test wait
-
-    def stop(self) -> None:
-        """SIGTERM: the broker writes its persistence file and exits."""
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to save anything since the last autosave."""
-        self._end(signal.SIGKILL)
-
-    def restart(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        self._end(sig)
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _end(self, sig: signal.Signals) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
-        if proc.stderr is not None:
-            proc.stderr.close()
-        self.proc = None
-
-    def close(self) -> None:
-        self._end(signal.SIGTERM)
-
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        super().__init__(
+            directory, port or free_port(), max_inflight=max_inflight, executable=MOSQUITTO,
+            general=["per_listener_settings false", f"message_size_limit {message_size_limit}",
+                     *([f"max_packet_size {max_packet_size}"] if max_packet_size else []),
+                     "log_type information", "connection_messages true", "allow_anonymous false",
+                     f"acl_file {acl}"],
+            listener=[f"cafile {pki.ca}", f"certfile {pki.broker.cert}", f"keyfile {pki.broker.key}",
+                      "require_certificate true", "use_identity_as_username true"],
+        )  # fmt: skip
+        self.pki = pki
+        self.url = f"mqtts://127.0.0.1:{self.port}"
