@@ -24,11 +24,16 @@ def test_each_thread_has_its_own_semaphore() -> None:
     ptrs: list[int] = []
     values: list[int] = []
 
+    all_recorded = threading.Barrier(4)
+
     def worker() -> None:
         for _ in range(100):
             F.fence()
         ptrs.append(F._LOCAL.ptr)
         values.append(sem_value())
+        # stay alive until every thread has recorded its pointer: a thread that ended could free its
+        # semaphore and the next thread's could then be allocated at the same address
+        all_recorded.wait(30)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
