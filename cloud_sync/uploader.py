@@ -279,6 +279,11 @@ class Uploader:
             self._state = state
             self._changed.notify_all()
 
+    @property
+    def state(self) -> str:
+        """One of :data:`STATES` (loop thread)."""
+        return self._state
+
     def status(self) -> dict[str, Any]:
         """Snapshot for the panel/metrics. Never blocks."""
         with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from gateway.emit_buffer import PendingBudget
 from gateway.latest import LatestTable
 from gateway.model import Event, PointInfo, QuarantineRecord, ReadingBatch
 from gateway.runner import LinkRunner
+from gateway.sdnotify import Notifier
 from gateway.session_runner import DriverFactory, SessionRunner
 from storefwd.retention import RetentionPolicy
 from storefwd.store import Store
@@ -45,6 +46,12 @@ if TYPE_CHECKING:  # imported when used: a gateway without sinks/panel never loa
     from gateway.protection_service import ProtectionService
 
 log = logging.getLogger("gateway")
+
+# systemd watchdog (docs/deployment.md, "Watchdog contract")
+STALL_MIN_S = 10.0  # a runner loop that has not advanced (nor scheduled a wait) for this long is hung...
+STALL_TIMEOUTS = 3.0  # ...or for this many times its link's connect + request timeouts, whichever is longer
+STORE_STALL_S = 60.0  # the store writer is stuck when rows wait and no commit happened for this long
+STATUS_EVERY_S = 5.0  # how often the STATUS= line for `systemctl status` is refreshed
 
 
 def tune_process_memory() -> None:
@@ -90,6 +97,7 @@ class Gateway:
         # readings all runners may hold while the store accepts none (as many as the store's own queue)
         self.pending = PendingBudget(max(1000, cfg.storage.queue_rows))
         self._comm_states: dict[str, str] = {}  # device -> last comm state recorded as an event
+        self._store_progress = (-1, 0)  # (store commits, monotonic ns when that count was first seen): watchdog
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -351,6 +359,60 @@ class Gateway:
                 log.warning(ev.message) if ev.priority <= 1 else log.info(ev.message)
         return len(events)
 
+    # -- systemd: readiness and liveness (docs/deployment.md) ------------------------------------------------------
+    def ready(self) -> bool:
+        """Started: the store is open and every link made its first connect/poll attempt (success or not)."""
+        return self.store is not None and all(r.first_attempt_done for r in self.runners)
+
+    def not_alive(self, min_stall_s: float = STALL_MIN_S) -> str | None:
+        """Which component is not alive (for the watchdog), or None when all are. Call on the loop, repeatedly:
+        the store's commit progress is measured between calls.
+
+        - a runner (poll loop): its task ended, or its loop has neither advanced nor been in a wait it scheduled
+          itself for ``max(min_stall_s, STALL_TIMEOUTS × (connect + longest request timeout))``: an await that never
+          returns. A link that is down or backed off is alive (it advances on every attempt);
+        - the store writer thread: dead, or rows waiting and no commit for ``STORE_STALL_S``;
+        - every other component task (uploaders = sync loops, analytics, protection supervisor): ended (except an
+          uploader stopped on a permanent error).
+        """
+        now = self.mono_ns()
+        for r in self.runners:
+            link = r.link
+            longest_request_s = max((d.timeout_s for d in link.devices), default=0.0)
+            limit_s = max(min_stall_s, STALL_TIMEOUTS * (link.connect_timeout_s + longest_request_s))
+            if now - r.awake_by_ns > limit_s * 1e9:
+                return f"link {link.name} (poll loop stalled at iteration {r.loop_iterations})"
+        # an uploader that stopped on a permanent error (token refused, batch rejected) ended on purpose: a restart
+        # would not fix it and would interrupt polling; its state and alarm tell the operator
+        given_up = {f"sink-{u.sink.name}" for u in self.uploaders if u.state in ("stopped-auth", "stopped-rejected")}
+        for t in self._tasks:
+            if t.done() and t.get_name() not in given_up:
+                return f"task {t.get_name()} (ended)"
+        store = self.store
+        if store is not None:
+            # the writer thread is the Store's own; is_alive() is the only look at it we need
+            if not store.writer_alive():
+                return "store writer thread (dead)"
+            st = store.stats()
+            commits = int(st["commits"])
+            if commits != self._store_progress[0]:
+                self._store_progress = (commits, now)
+            elif st["queued_rows"] and now - self._store_progress[1] > STORE_STALL_S * 1e9:
+                return f"store writer thread (no commit for {STORE_STALL_S:.0f} s with {st['queued_rows']} rows queued)"
+        return None
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: devices polled and ok, sync backlog, store size."""
+        devices = [d for r in self.runners for d in r.status()]
+        ok = sum(d["state"] == "ok" for d in devices)
+        parts = [f"polling {len(devices)} devices ({ok} ok)"]
+        if self.store is not None:
+            if self.uploaders:
+                backlog = sum(int(self.store.sink_stats(u.sink.name)["backlog_rows"]) for u in self.uploaders)
+                parts.append(f"backlog {backlog} rows")
+            parts.append(f"store {int(self.store.stats()['file_bytes']) / 2**20:.1f} MiB")
+        return ", ".join(parts)
+
     # -- status -------------------------------------------------------------------------------------------------
     def _sink_status(self, up: Any) -> dict[str, Any]:
         """The uploader's status plus the store's backlog figures of that sink (bytes, oldest age)."""
@@ -398,12 +460,30 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is noise
 
 
-async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:
-    """Run until ``stop`` is set or a component dies. Returns an exit code."""
+async def _ping_forever(notify: Notifier) -> None:
+    """Watchdog pings while :meth:`Gateway.start` runs (opening a large store may take longer than WatchdogSec):
+    they only say the event loop turns; TimeoutStartSec= bounds the start itself."""
+    while True:
+        notify.watchdog()
+        await asyncio.sleep(notify.watchdog_interval_s)
+
+
+async def run_gateway(
+    cfg: GatewayConfig, stop: asyncio.Event, *, notifier: Notifier | None = None, min_stall_s: float = STALL_MIN_S
+) -> int:
+    """Run until ``stop`` is set or a component dies. Returns an exit code.
+
+    Under systemd (``$NOTIFY_SOCKET``, docs/deployment.md) it sends READY=1 once :meth:`Gateway.ready`, a STATUS=
+    line every ``STATUS_EVERY_S``, WATCHDOG=1 every half ``$WATCHDOG_USEC`` while :meth:`Gateway.not_alive` finds
+    nothing (it stops for good, logged once, when a component is not alive: systemd then restarts the daemon),
+    and STOPPING=1 on the way out. ``min_stall_s``: see :meth:`Gateway.not_alive`.
+    """
     from gateway.asgi_server import BindError  # uvicorn; cheap when the panel is on (the default) anyway
     from storefwd.errors import StoreError
 
+    notify = notifier if notifier is not None else Notifier()
     gw = Gateway(cfg)
+    pinger = asyncio.create_task(_ping_forever(notify), name="sd-watchdog") if notify.watchdog_interval_s else None
     try:
         await gw.start()
     except BindError as e:
@@ -414,12 +494,36 @@ async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:
         log.error("cannot start: %s", e)
         await gw.stop()
         return 4
+    finally:
+        if pinger is not None:
+            pinger.cancel()
+            await asyncio.wait([pinger])
     if gw.panel is not None:
         log.info("status page: %s/", gw.panel.url)
+    tick_s = min(0.5, notify.watchdog_interval_s or 0.5)
+    ready = False
+    dead: str | None = None  # the component found not alive (pings stopped for good)
+    next_ping = next_status = 0
     try:
         while not stop.is_set():
+            now = time.monotonic_ns()
+            if dead is None:
+                dead = gw.not_alive(min_stall_s)
+                if dead is not None:
+                    log.error("watchdog: %s is not alive; no more watchdog pings (systemd restarts the gateway)", dead)
+                    notify.status(f"not alive: {dead}")
+                elif notify.watchdog_interval_s and now >= next_ping:
+                    notify.watchdog()
+                    next_ping = now + round(notify.watchdog_interval_s * 1e9)
+            if not ready and gw.ready():
+                ready = True
+                notify.ready(gw.status_line())
+                next_status = now + round(STATUS_EVERY_S * 1e9)
+            elif ready and dead is None and now >= next_status:
+                notify.status(gw.status_line())
+                next_status = now + round(STATUS_EVERY_S * 1e9)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+                await asyncio.wait_for(stop.wait(), timeout=tick_s)
             await gw.record_comm_events()
             err = gw.failed_task()
             if err is not None:
@@ -427,7 +531,9 @@ async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event) -> int:
                 return 4
         return 0
     finally:
+        notify.stopping("stopping")
         await gw.stop()
+        notify.close()
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

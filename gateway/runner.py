@@ -242,6 +242,13 @@ class LinkRunner:
         self._link_up = False
         self._ever_connected = False
         self.reconnects = 0
+        # For the systemd watchdog (gateway/app.py, docs/deployment.md). ``loop_iterations`` advances on every pass
+        # of run()'s loop and every connect attempt; ``awake_by_ns`` (monotonic) is when the loop is due to advance
+        # again: the end of the wait it scheduled itself (poll period, back-off), else its last advance. A loop
+        # hung in an await that never returns stops both; a link merely down or backed off keeps advancing.
+        self.loop_iterations = 0
+        self.awake_by_ns = self._mono()
+        self.first_attempt_done = False  # the first connect (or poll) attempt was made, whatever its outcome
         self._last_stale_check = 0
         self._devices: dict[str, _Device] = {}
         missing: list[str] = []
@@ -287,6 +294,7 @@ class LinkRunner:
                 g.last_good[:] = start
         try:
             while not self._stopping:
+                self._advance()
                 if not self._flush():
                     await self._sleep(EMIT_RETRY_S)
                     continue
@@ -298,6 +306,7 @@ class LinkRunner:
                     self._check_stale(now)
                 item = self._next_due()
                 if item is None:  # a link without points: nothing to do but wait for stop()
+                    self.first_attempt_done = True
                     await self._sleep(1.0)
                     continue
                 dev, group, due = item
@@ -311,6 +320,7 @@ class LinkRunner:
                         await self._probe(dev)
                     else:
                         await self._poll(group, self._mono())
+                    self.first_attempt_done = True
         finally:
             await self._shutdown()
 
@@ -412,8 +422,14 @@ class LinkRunner:
         """Sleep up to ``seconds``; returns early on :meth:`stop`."""
         if self._stopping or seconds <= 0:
             return
+        self.awake_by_ns = max(self.awake_by_ns, self._mono() + round(seconds * 1e9))  # a scheduled wait is alive
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _advance(self) -> None:
+        """The loop made progress (watchdog liveness, see ``loop_iterations``)."""
+        self.loop_iterations += 1
+        self.awake_by_ns = self._mono()
 
     def _emit(self, batch: ReadingBatch | None) -> None:
         self._out.add(batch)
@@ -549,9 +565,11 @@ class LinkRunner:
                 await self._sleep(delay)
                 if self._stopping:
                     return
+            self._advance()
             try:
                 await self._client.connect()
             except ModbusError as exc:
+                self.first_attempt_done = True
                 attempt += 1
                 if attempt == 1:
                     self._link_lost()

@@ -153,6 +153,10 @@ class SessionRunner:
         self._up = False  # session started (connect + start_session succeeded)
         self._ever_up = False
         self.reconnects = 0
+        # For the systemd watchdog: the same contract as LinkRunner's (gateway/runner.py, docs/deployment.md).
+        self.loop_iterations = 0  # advances on every pass of run()'s loop and every connect attempt
+        self.awake_by_ns = self._mono()  # monotonic: when the loop is due to advance again (end of its scheduled wait)
+        self.first_attempt_done = False  # the first connect + session start was attempted, whatever its outcome
         self.foreign_readings = 0  # readings the driver delivered for ids not on this link (dropped; a bug)
         self._c = _Counters()
         self._on_event = on_event
@@ -169,6 +173,7 @@ class SessionRunner:
         """Run the session until :meth:`stop`; then mark every point OLD_DATA once, flush, close."""
         try:
             while not self._stopping:
+                self._advance()
                 if not self._flush():
                     await self._sleep(EMIT_RETRY_S)
                     continue
@@ -252,8 +257,14 @@ class SessionRunner:
     async def _sleep(self, seconds: float) -> None:
         if self._stopping or seconds <= 0:
             return
+        self.awake_by_ns = max(self.awake_by_ns, self._mono() + round(seconds * 1e9))  # a scheduled wait is alive
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _advance(self) -> None:
+        """The loop made progress (watchdog liveness, see ``loop_iterations``)."""
+        self.loop_iterations += 1
+        self.awake_by_ns = self._mono()
 
     def _mark_lost(self) -> None:
         """Every point not already marked lost gets Q_LOST once, with its last value."""
@@ -289,11 +300,13 @@ class SessionRunner:
                 await self._sleep(delay)
                 if self._stopping:
                     return
+            self._advance()
             try:
                 async with self._lock:
                     await self.driver.connect()
                     await self.driver.start_session()
             except DriverError as exc:  # SessionLost or a start that the device refused
+                self.first_attempt_done = True
                 attempt += 1
                 self._c.timeouts += isinstance(exc, SessionLost)
                 self._c.errors += not isinstance(exc, SessionLost)
@@ -304,6 +317,7 @@ class SessionRunner:
             if self._ever_up:
                 self.reconnects += 1
             self._ever_up = True
+            self.first_attempt_done = True
             self._up = True
             self._c.state = "ok"
             now = self._mono()
@@ -324,6 +338,7 @@ class SessionRunner:
                     await self._run_job(job, now)
                 else:
                     wait = IDLE_SLICE_S if job is None else min(IDLE_SLICE_S, (job.deadline - now) / 1e9)
+                    self.awake_by_ns = max(self.awake_by_ns, now + round(wait * 1e9))  # a scheduled wait
                     await self.driver.idle(wait)
                     if not self.driver.connected:
                         raise SessionLost("connection closed")

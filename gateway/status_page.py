@@ -2,7 +2,8 @@
 
 One handler serves HTML to people and JSON to tools (``Accept: application/json`` or ``?format=json``); the HTML
 refreshes itself every 2 s and needs no JavaScript, no CDN. The full operator panel is a later issue.
-Runs on the gateway's event loop; reads only in-memory state and cheap store counters.
+Runs on the gateway's event loop; reads only in-memory state and cheap store counters. The same app serves
+``/metrics`` (Prometheus text format, :mod:`gateway.metrics`, docs/metrics.md) and ``/healthz``.
 """
 
 from __future__ import annotations
@@ -260,4 +261,12 @@ def build_status_app(gw: Gateway) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "gateway_id": gw.cfg.id})
 
-    return Starlette(routes=[Route("/", index), Route("/api/status", index), Route("/healthz", healthz)])
+    async def metrics(request: Request) -> Response:
+        """Prometheus text exposition (docs/metrics.md); in-memory state only, like the JSON status."""
+        from gateway.metrics import CONTENT_TYPE, render_metrics
+
+        return Response(render_metrics(gw), headers={"Content-Type": CONTENT_TYPE})
+
+    return Starlette(
+        routes=[Route("/", index), Route("/api/status", index), Route("/healthz", healthz), Route("/metrics", metrics)]
+    )

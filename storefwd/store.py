@@ -797,6 +797,10 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
+    def writer_alive(self) -> bool:
+        """Whether the writer thread runs (it ends only at close or on a bug in it). Any thread, no I/O."""
+        return self._writer.is_alive()
+
     # ------------------------------------------------------------------------------------------- writer
     def _run(self) -> None:
         """The writer thread: the only code that writes to DuckDB."""
