@@ -307,6 +307,9 @@ def _protection(out: Exposition, gw: Gateway, p: Mapping[str, Any] | None) -> No
             _num(p.get("restarts"), 0))  # fmt: skip
     out.add("gateway_protection_events_stored_total", "counter", "Protection events (trips, SOE) stored.",
             _num(p.get("events_stored"), 0))  # fmt: skip
+    for name, n in sorted((p.get("trips") or {}).items()):
+        out.add("gateway_protection_trips_total", "counter", "Trips of a protection element since the gateway started.",
+                n, {"element": str(name)})  # fmt: skip
     for el in p.get("elements") or []:
         lb = {"element": str(el.get("name", "")), "type": str(el.get("type", "")), "group": str(el.get("group", ""))}
         out.add("gateway_protection_element_picked_up", "gauge", "1 while the element is picked up.",

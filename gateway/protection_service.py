@@ -111,6 +111,7 @@ class ProtectionService:
         self.events_stored = 0
         self.records: deque[str] = deque(maxlen=LAST_TRIPS)  # fault record .cfg names, newest last
         self.last_trips: deque[dict[str, Any]] = deque(maxlen=LAST_TRIPS)
+        self.trips: dict[str, int] = {}  # element name -> trips since the gateway started (metrics)
         self.outputs: dict[str, dict[str, Any]] = {o.name: {"link": "unknown", "last": ""} for o in runtime.outputs}
         self._elements: dict[tuple[int, int], _ElementState] = {}
         self._pending: list[_PendingRecord] = []
@@ -258,6 +259,7 @@ class ProtectionService:
                 if ev & EV_PICKUP:
                     st.pickup_mono = mono
                 if ev & EV_TRIP:
+                    self.trips[st.name] = self.trips.get(st.name, 0) + 1
                     self.last_trips.append({"element": st.name, "type": st.type, "group": grp, "utc_ns": utc,
                                             "phases": phase_names(ph)})
                     p = self._pending[-1] if self._pending else None
@@ -352,6 +354,7 @@ class ProtectionService:
                 for s in self._elements.values()
             ],
             "last_trips": list(self.last_trips)[::-1],
+            "trips": dict(self.trips),
             "outputs": [{"name": k, **v} for k, v in self.outputs.items()],
             "records": list(self.records)[::-1],
         }

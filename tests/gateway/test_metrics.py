@@ -193,7 +193,7 @@ class FakeGateway:
                        "oldest_ts": self.now - 3 * 10**9, "oldest_age_s": 3.0, "events_backlog": 0,
                        "uploaded_events": 1, "uploaded_rows": 3, "uploads": 1, "retries": 2, "rows_per_s": 0.0,
                        "last_ack_wall_ns": 0}],
-            "protection": {"state": "running", "starts": 1, "restarts": 0, "events_stored": 2,
+            "protection": {"state": "running", "starts": 1, "restarts": 0, "events_stored": 2, "trips": {"51P": 1},
                            "elements": [{"name": "51P", "type": "overcurrent", "group": 1, "picked_up": True,
                                          "tripped": False, "blocked": False}]},
             "analytics": {"analytics": [], "events": 0, "readings": 9, "errors": 0, "skipped_rows": 0},

@@ -71,6 +71,7 @@ async def test_trip_is_stored_as_soe_and_a_comtrade_record_is_written(store: Sto
         assert raw["element"] == "50P" and raw["type"] == "50" and raw["utc_ns"] == trip["ts"]
         st = svc.status()
         assert st["state"] == "running" and st["last_trips"][0]["element"] == "50P"
+        assert st["trips"]["50P"] >= 1  # counted for /metrics (gateway_protection_trips_total)
         assert st["elements"][0]["tripped"] is True and st["cycle"]["cycles"] > 0
         rec = json.loads(next(e for e in events(store) if e["kind"] == "fault_record")["data"])
         cfg = Path(rec["cfg"])
