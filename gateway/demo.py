@@ -81,7 +81,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+    """Wait until ``proc`` listens on 127.0.0.1:``port``; RuntimeError if it exits or ``timeout`` s pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -185,19 +186,19 @@ def run_demo(
             env=env,
         )
         children.append(receiver)
-        _wait_listening(modbus_port, ieds, "simulated IEDs")
-        _wait_listening(modbus_port + 1, ieds, "simulated incomer")
-        _wait_listening(modbus_port + 2, ieds, "simulated DNP3 RTU")
+        wait_listening(modbus_port, ieds, "simulated IEDs")
+        wait_listening(modbus_port + 1, ieds, "simulated incomer")
+        wait_listening(modbus_port + 2, ieds, "simulated DNP3 RTU")
         if with_61850:
-            _wait_listening(modbus_port + 3, ieds, "simulated IEC 61850 IED")
-        _wait_listening(receiver_port, receiver, "receiver")
+            wait_listening(modbus_port + 3, ieds, "simulated IEC 61850 IED")
+        wait_listening(receiver_port, receiver, "receiver")
         if with_solar:  # a private broker on modbus_port + 4 and 20 simulated PV panels publishing to it
             solar = subprocess.Popen(
                 [sys.executable, "-m", "hil_tests.demo_solar", "--start-broker", "--port", str(modbus_port + 4)],
                 env=env,
             )
             children.append(solar)
-            _wait_listening(modbus_port + 4, solar, "MQTT broker (solar sensors)")
+            wait_listening(modbus_port + 4, solar, "MQTT broker (solar sensors)")
         print(
             "\n"
             f"  Gateway status page : http://127.0.0.1:{panel_port}/   (JSON: /api/status)\n"

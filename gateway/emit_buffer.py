@@ -13,6 +13,7 @@ into a priority-0 gap record. Memory stays bounded; what was given up is recorde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -26,7 +27,7 @@ import numpy.typing as npt
 
 from gateway.model import Event, Q, ReadingBatch
 
-__all__ = ["EMIT_RETRY_S", "STOP_FLUSH_S", "EmitBuffer", "PendingBudget", "backoff_delay", "gap_event",
+__all__ = ["EMIT_RETRY_S", "STOP_FLUSH_S", "EmitBuffer", "PendingBudget", "RunnerLoop", "backoff_delay", "gap_event",
            "gap_reporter", "old_data_quality"]
 
 EMIT_RETRY_S: Final = 0.02  # delay between attempts to hand a batch to a full store queue
@@ -157,3 +158,36 @@ def gap_reporter(link: str, wall_ns: Callable[[], int],
         sink(gap_event(link, rows, ts_from, ts_to, wall_ns()))
 
     return report
+
+
+class RunnerLoop:
+    """The loop plumbing both runners share: stop-aware sleeps and the watchdog's liveness figures.
+
+    The runner sets ``_mono`` (monotonic ns clock), ``_wake`` (set by stop()), ``_stopping``, and calls
+    :meth:`_init_liveness` in its constructor. ``loop_iterations`` advances on every pass of its loop and every
+    connect attempt; ``awake_by_ns`` (monotonic ns) is when the loop is due to advance again: a wait the runner
+    scheduled itself (poll period, back-off, idle slice) pushes it forward, so only an await that never returns
+    makes the loop look hung (gateway/app.py, docs/deployment.md). Runner task only.
+    """
+
+    _mono: Callable[[], int]
+    _wake: asyncio.Event
+    _stopping: bool
+
+    def _init_liveness(self) -> None:
+        self.loop_iterations = 0
+        self.awake_by_ns = self._mono()
+        self.first_attempt_done = False  # the first connect (or poll) attempt was made, whatever its outcome
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; returns early on stop()."""
+        if self._stopping or seconds <= 0:
+            return
+        self.awake_by_ns = max(self.awake_by_ns, self._mono() + round(seconds * 1e9))  # a scheduled wait is alive
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _advance(self) -> None:
+        """The loop made progress (watchdog liveness, see ``loop_iterations``)."""
+        self.loop_iterations += 1
+        self.awake_by_ns = self._mono()

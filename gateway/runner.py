@@ -35,7 +35,6 @@ Threading: all methods run on the runner's event loop. ``stop()`` may be called 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -50,7 +49,15 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.config import DeviceConfig, LinkConfig, PointConfig
-from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, PendingBudget, backoff_delay, gap_reporter, old_data_quality
+from gateway.emit_buffer import (
+    EMIT_RETRY_S,
+    EmitBuffer,
+    PendingBudget,
+    RunnerLoop,
+    backoff_delay,
+    gap_reporter,
+    old_data_quality,
+)
 from gateway.model import Event, Q, ReadingBatch
 from protocols.modbus import (
     Q_NO_RESPONSE,
@@ -204,7 +211,7 @@ def _default_client_factory(link: LinkConfig) -> ModbusClient:
     return ModbusClient(link)
 
 
-class LinkRunner:
+class LinkRunner(RunnerLoop):
     """Polls every device of one link on its schedule and emits :class:`ReadingBatch` es.
 
     :param link: the link and its devices.
@@ -242,13 +249,7 @@ class LinkRunner:
         self._link_up = False
         self._ever_connected = False
         self.reconnects = 0
-        # For the systemd watchdog (gateway/app.py, docs/deployment.md). ``loop_iterations`` advances on every pass
-        # of run()'s loop and every connect attempt; ``awake_by_ns`` (monotonic) is when the loop is due to advance
-        # again: the end of the wait it scheduled itself (poll period, back-off), else its last advance. A loop
-        # hung in an await that never returns stops both; a link merely down or backed off keeps advancing.
-        self.loop_iterations = 0
-        self.awake_by_ns = self._mono()
-        self.first_attempt_done = False  # the first connect (or poll) attempt was made, whatever its outcome
+        self._init_liveness()  # loop_iterations, awake_by_ns, first_attempt_done: see RunnerLoop
         self._last_stale_check = 0
         self._devices: dict[str, _Device] = {}
         missing: list[str] = []
@@ -417,19 +418,6 @@ class LinkRunner:
     # ------------------------------------------------------------------------------------------------------
     # Internals (all on the runner's task)
     # ------------------------------------------------------------------------------------------------------
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep up to ``seconds``; returns early on :meth:`stop`."""
-        if self._stopping or seconds <= 0:
-            return
-        self.awake_by_ns = max(self.awake_by_ns, self._mono() + round(seconds * 1e9))  # a scheduled wait is alive
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
-    def _advance(self) -> None:
-        """The loop made progress (watchdog liveness, see ``loop_iterations``)."""
-        self.loop_iterations += 1
-        self.awake_by_ns = self._mono()
 
     def _emit(self, batch: ReadingBatch | None) -> None:
         self._out.add(batch)

@@ -33,7 +33,6 @@ Threading: every method runs on the runner's event loop (the driver's contract, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -46,7 +45,15 @@ from typing import Any, Final
 import numpy as np
 
 from gateway.config import LinkConfig
-from gateway.emit_buffer import EMIT_RETRY_S, EmitBuffer, PendingBudget, backoff_delay, gap_reporter, old_data_quality
+from gateway.emit_buffer import (
+    EMIT_RETRY_S,
+    EmitBuffer,
+    PendingBudget,
+    RunnerLoop,
+    backoff_delay,
+    gap_reporter,
+    old_data_quality,
+)
 from gateway.model import Event, Q, ReadingBatch
 from protocols.session import (
     ControlRequest,
@@ -103,7 +110,7 @@ class _Counters:
     lateness: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
 
 
-class SessionRunner:
+class SessionRunner(RunnerLoop):
     """Keeps one session up and its jobs on schedule; hands the driver's readings to ``emit``.
 
     :param link: the link (exactly one device).
@@ -153,10 +160,7 @@ class SessionRunner:
         self._up = False  # session started (connect + start_session succeeded)
         self._ever_up = False
         self.reconnects = 0
-        # For the systemd watchdog: the same contract as LinkRunner's (gateway/runner.py, docs/deployment.md).
-        self.loop_iterations = 0  # advances on every pass of run()'s loop and every connect attempt
-        self.awake_by_ns = self._mono()  # monotonic: when the loop is due to advance again (end of its scheduled wait)
-        self.first_attempt_done = False  # the first connect + session start was attempted, whatever its outcome
+        self._init_liveness()  # loop_iterations, awake_by_ns, first_attempt_done: see RunnerLoop
         self.foreign_readings = 0  # readings the driver delivered for ids not on this link (dropped; a bug)
         self._c = _Counters()
         self._on_event = on_event
@@ -253,18 +257,6 @@ class SessionRunner:
 
     def _flush(self) -> bool:
         return self._out.flush()
-
-    async def _sleep(self, seconds: float) -> None:
-        if self._stopping or seconds <= 0:
-            return
-        self.awake_by_ns = max(self.awake_by_ns, self._mono() + round(seconds * 1e9))  # a scheduled wait is alive
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
-    def _advance(self) -> None:
-        """The loop made progress (watchdog liveness, see ``loop_iterations``)."""
-        self.loop_iterations += 1
-        self.awake_by_ns = self._mono()
 
     def _mark_lost(self) -> None:
         """Every point not already marked lost gets Q_LOST once, with its last value."""

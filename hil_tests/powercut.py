@@ -39,7 +39,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ from typing import IO, Any, Final
 import duckdb
 import numpy as np
 
+from gateway.demo import wait_listening as demo_wait_listening
+from hil_tests.net import free_port
 from hil_tests.powercut_relay import Relay
 from hil_tests.powercut_rows import (
     Rows,
@@ -133,23 +134,12 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": root + (os.pathsep + pp if pp else "")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise HarnessError(f"{what} exited with code {proc.returncode} during start-up")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise HarnessError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+    """:func:`gateway.demo.wait_listening`, failing with a HarnessError."""
+    try:
+        demo_wait_listening(port, proc, what, timeout)
+    except RuntimeError as e:
+        raise HarnessError(str(e)) from None
 
 
 def stop_child(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
