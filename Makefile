@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 # Debian packages named like their command, looked up on PATH and in /usr/sbin (mosquitto lives there).
-SYSTEM_PACKAGES_TEST := socat mosquitto
+# chromium: the panel's browser tests (Playwright drives Debian's build, never a downloaded one).
+SYSTEM_PACKAGES_TEST := socat mosquitto chromium
 
 .PHONY: demo test lint typecheck unit bench clean venv system-deps services help
 

@@ -83,7 +83,7 @@ async def _sim_main(devices: int, registers: int) -> None:
 
 def _gateway_imports(store: bool) -> None:
     """Import what the child runs. With the store: every module a configured gateway loads (daemon, store,
-    uploader with httpx/tenacity/pyarrow.compute, status page with starlette/uvicorn), so
+    uploader with httpx/tenacity/pyarrow.compute, operator panel with starlette/uvicorn), so
     ``rss_after_imports_mb`` is the real daemon's. Without: the runners only (the poller-only figure)."""
     import gateway.runner
 
@@ -91,7 +91,7 @@ def _gateway_imports(store: bool) -> None:
         import cloud_sync.uploader  # noqa: F401
         import gateway.app
         import gateway.asgi_server
-        import gateway.status_page  # noqa: F401
+        import gateway.panel.app  # noqa: F401
 
 
 async def _gateway_main(ports: list[int], registers: int, period: float, warmup: float, duration: float,

@@ -16,9 +16,8 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from gateway.controls import ControlService
 from gateway.drivers import SESSION_DRIVERS, driver_factory
 from gateway.emit_buffer import PendingBudget
 from gateway.latest import LatestTable
+from gateway.logs import LogFormat, configure_logging
 from gateway.model import Event, PointInfo, QuarantineRecord, ReadingBatch
 from gateway.runner import LinkRunner
 from gateway.sdnotify import Notifier
@@ -179,11 +179,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(up.run(), name=f"sink-{sink.name}"))
 
         if cfg.panel.port:
-            from gateway.asgi_server import AsgiServer
-            from gateway.status_page import build_status_app
-
-            self.panel = AsgiServer(build_status_app(self), cfg.panel.host, cfg.panel.port, name="panel")
-            await self.panel.start()
+            await self._start_panel()
 
         targets: dict[str, LinkRunner | SessionRunner] = {}
         for link in cfg.links:
@@ -211,6 +207,7 @@ class Gateway:
             targets,
             {f"{dev.name}.{p.name}": p for _, dev in cfg.devices() for p in dev.points},
             lambda ev: asyncio.to_thread(store.add_events, [ev]),
+            select_timeout_s=cfg.panel.select_timeout_s,
             mono_ns=self.mono_ns,
             wall_ns=self.wall_ns,
         )
@@ -224,6 +221,22 @@ class Gateway:
             len(self.points),
             cfg.store_path,
         )
+
+    async def _start_panel(self) -> None:
+        """The operator panel (docs/panel.md): HTTPS with the configured or a generated self-signed certificate,
+        plain HTTP only where the config allows it (loopback)."""
+        from gateway.asgi_server import AsgiServer
+        from gateway.panel.app import build_panel_app
+        from gateway.panel.tls import ensure_panel_certificate
+
+        pc = self.cfg.panel
+        cert = key = None
+        if pc.tls:
+            cert, key = await asyncio.to_thread(ensure_panel_certificate, self.cfg)
+        self.panel = AsgiServer(
+            build_panel_app(self), pc.host, pc.port, name="panel", ssl_certfile=cert, ssl_keyfile=key
+        )
+        await self.panel.start()
 
     def _session_factory(self, link: LinkConfig) -> DriverFactory:
         """The driver factory of a session link; an mqtt link's driver also gets the quarantine sink."""
@@ -451,13 +464,9 @@ async def _wait_tasks(tasks: list[asyncio.Task[None]], timeout: float) -> None:
             log.error("task %s failed: %r", t.get_name(), t.exception())
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upload is noise
+def setup_logging(level: str, levels: Mapping[str, str] | None = None, fmt: LogFormat = "auto") -> None:
+    """Journal / JSON lines / text by where stderr goes, levels per package (:mod:`gateway.logs`)."""
+    configure_logging(level, levels, fmt)
 
 
 async def _ping_forever(notify: Notifier) -> None:
@@ -550,7 +559,7 @@ def run_from_file(path: Path) -> int:
         cfg, warnings = load_config(path, strict_protection=False)
     except (ConfigFileError, ConfigError) as e:
         return cmd_check_config_errors(e, path)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_levels, cfg.log_format)
     for w in warnings:
         log.warning(w)
 

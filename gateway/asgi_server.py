@@ -2,6 +2,10 @@
 
 We bind the listening socket ourselves so that "address in use" becomes a clear :class:`BindError` naming the
 address (uvicorn would log and ``sys.exit``), and so that port 0 works in tests (``server.port`` tells the port).
+
+TLS: give ``ssl_certfile`` and ``ssl_keyfile`` (PEM files, e.g. from :mod:`gateway.panel.tls`) and the server
+speaks HTTPS only (``url`` says ``https://``); uvicorn loads them when the server starts, so a bad file fails
+:meth:`AsgiServer.start`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any, Literal, Self
 
 import uvicorn
@@ -57,7 +62,11 @@ class AsgiServer:
         name: str = "http",
         lifespan: Literal["auto", "on", "off"] = "off",
         log_level: str = "warning",
+        ssl_certfile: str | Path | None = None,
+        ssl_keyfile: str | Path | None = None,
     ) -> None:
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
         self.app = app
         self.host = host
         self._requested_port = port
@@ -69,7 +78,10 @@ class AsgiServer:
             log_level=log_level,
             access_log=False,
             timeout_graceful_shutdown=2,
+            ssl_certfile=str(ssl_certfile) if ssl_certfile is not None else None,
+            ssl_keyfile=str(ssl_keyfile) if ssl_keyfile is not None else None,
         )
+        self.tls = ssl_certfile is not None
         self._sock: socket.socket | None = None
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -82,7 +94,8 @@ class AsgiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def start(self) -> None:
         self._sock = bind_socket(self.host, self._requested_port)

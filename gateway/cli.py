@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)"
     )
+
+    from gateway.panel.cli import add_panel_cert_parser, add_user_parser
+
+    add_user_parser(sub)
+    add_panel_cert_parser(sub)
     return p
 
 
@@ -150,6 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cloud_sync.receiver.server import mint_from_args
 
             return mint_from_args(args)
+        if args.command == "user":
+            from gateway.panel.cli import run_user
+
+            return run_user(args)
+        if args.command == "panel-cert":
+            from gateway.panel.cli import run_panel_cert
+
+            return run_panel_cert(args)
         if args.command == "demo":
             from gateway.demo import run_demo
 

@@ -229,9 +229,32 @@ class SinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BayConfig:
+    """One feeder/bay tile on the panel's overview (``[[panel.bays]]``). Points are ``"device.point"`` names."""
+
+    name: str  # shown on the overview, e.g. "Feeder 1"
+    breaker: str = ""  # status point of the breaker ("" = no breaker shown)
+    closed_value: float = 1.0  # the breaker point's value while closed (IEC 61850 Dbpos: 2 = on; 1 = off)
+    open: str = ""  # writable point operated to open (trip) the breaker ("" = no open control)
+    close: str = ""  # writable point operated to close the breaker ("" = no close control)
+    open_value: float = 1.0  # value written to ``open`` (61850 Pos: 0 = open)
+    close_value: float = 1.0  # value written to ``close`` (61850 Pos: 1 = close)
+    measurements: tuple[str, ...] = ()  # points shown on the tile (e.g. currents, voltage, power)
+    protection: bool = False  # show the protection process's state (armed / picked up / tripped) on this tile
+
+
+@dataclass(frozen=True, slots=True)
 class PanelConfig:
-    host: str = "127.0.0.1"  # address the status page listens on
-    port: int = 8080  # TCP port of the status page (0 disables it)
+    host: str = "127.0.0.1"  # address the panel listens on
+    port: int = 8080  # TCP port of the panel (0 disables it)
+    tls: bool = True  # HTTPS (a self-signed certificate is generated when cert_file is absent); false: plain
+    # HTTP, allowed only when host is a loopback address
+    cert_file: Path | None = None  # PEM certificate (default <data_dir>/panel/tls/cert.pem, generated)
+    key_file: Path | None = None  # PEM private key (default <data_dir>/panel/tls/key.pem, generated)
+    session_idle_min: float = 15.0  # a session ends after this many minutes without a request
+    session_max_h: float = 12.0  # and at the latest this many hours after login
+    select_timeout_s: float = 30.0  # a breaker selected for operate must be operated within this time
+    bays: tuple[BayConfig, ...] = ()  # overview tiles; none: one tile per device
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +262,12 @@ class GatewayConfig:
     id: str  # gateway id, sent with every batch; unique per site, e.g. "sub-north-01"
     data_dir: Path = Path("data")  # directory for the store and runtime files (relative to the config file)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
+    log_levels: dict[str, str] = field(default_factory=dict)  # level per package, e.g. {"protocols.dnp3": "DEBUG"}
+    log_format: Literal["auto", "text", "json", "journal"] = "auto"  # see gateway/logs.py
     links: tuple[LinkConfig, ...] = ()  # physical links and their devices
     storage: StorageConfig = field(default_factory=StorageConfig)  # local store
     sinks: tuple[SinkConfig, ...] = ()  # cloud ingestion endpoints
-    panel: PanelConfig = field(default_factory=PanelConfig)  # local status page
+    panel: PanelConfig = field(default_factory=PanelConfig)  # local operator panel, see docs/panel.md
     protection: ProtectionSettings = field(default_factory=ProtectionSettings)  # elements, see docs/protection.md
     protection_runtime: ProtectionRuntime = field(default_factory=ProtectionRuntime)  # process, source, outputs
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)  # [analytics], see docs/analytics.md

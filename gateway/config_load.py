@@ -33,6 +33,7 @@ from gateway.config import (
     MODBUS_KINDS,
     MQTT_PROFILES,
     MQTT_TLS_PORT,
+    BayConfig,
     DeviceConfig,
     Dnp3Settings,
     GatewayConfig,
@@ -74,7 +75,7 @@ class ConfigFileError(ConfigError):
 
 
 # Top-level tables and the dataclass each one fills. "gateway" holds GatewayConfig's scalar settings.
-_GATEWAY_SCALARS = ("id", "data_dir", "log_level")
+_GATEWAY_SCALARS = ("id", "data_dir", "log_level", "log_levels", "log_format")
 _TOP_KEYS = ("version", "gateway", "storage", "panel", "sinks", "links", "templates", "protection", "analytics")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Point kinds each protocol accepts, and point keys that mean nothing for it (an error if given).
@@ -166,6 +167,17 @@ def convert_toml_value(hint: Any, v: Any) -> tuple[Any, str]:
             return BAD, f"expected a table of strings, got {v!r}"
         return dict(v), ""
     raise TypeError(f"unsupported config type {hint!r}")  # programming error, not user input
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def fill_kwargs(
@@ -300,6 +312,9 @@ class _Loader:
                 if k not in _GATEWAY_SCALARS:
                     self.err(f"gateway.{k}", f"unknown key{suggest(k, _GATEWAY_SCALARS)}")
                     continue
+                if k == "log_levels":
+                    gw[k] = self.log_levels(v)
+                    continue
                 hint = typing.get_type_hints(GatewayConfig)[k]
                 conv = self.convert(hint, v, f"gateway.{k}", "")
                 if conv is not BAD:
@@ -317,14 +332,12 @@ class _Loader:
                 gw["log_level"] = str(lvl).upper()
 
         storage = self.storage(data.get("storage", {}))
-        panel_kw = self.fill(PanelConfig, data.get("panel", {}), "panel")
-        if panel_kw is not None and not 0 <= panel_kw.get("port", 8080) <= 65535:
-            self.err("panel.port", "must be 0..65535 (0 disables the page)")
         sinks = self.sinks(data.get("sinks", []), base_dir)
         templates = self.templates(data.get("templates", {}))
         links_problems = len(self.problems)
         links = self.links(data.get("links", []), templates)
         analytics = self.analytics(data.get("analytics"), links, links_ok=len(self.problems) == links_problems)
+        panel = self.panel(data.get("panel", {}), base_dir, links, links_ok=len(self.problems) == links_problems)
         from protection.config import parse_protection, parse_protection_runtime  # protection.config imports us
 
         protection, prot_problems = parse_protection(data.get("protection"), self.file)
@@ -344,10 +357,12 @@ class _Loader:
             id=gw["id"],
             data_dir=data_dir,
             log_level=gw.get("log_level", "INFO"),
+            log_levels=gw.get("log_levels", {}),
+            log_format=gw.get("log_format", "auto"),
             links=tuple(links),
             storage=storage or StorageConfig(),
             sinks=tuple(sinks),
-            panel=PanelConfig(**(panel_kw or {})),
+            panel=panel,
             protection=protection,
             protection_runtime=runtime,
             protection_problems=tuple(str(p) for p in self.protection_problems),
@@ -388,6 +403,67 @@ class _Loader:
             if kw.get(f, 0.0) < 0:
                 self.err(f"storage.{f}", "must be >= 0")
         return StorageConfig(**kw)
+
+    def log_levels(self, raw: Any) -> dict[str, str]:
+        """``[gateway] log_levels``: logger (package) name → level."""
+        if not isinstance(raw, dict):
+            self.err("gateway.log_levels", 'expected a table, e.g. { "protocols.dnp3" = "DEBUG" }')
+            return {}
+        out: dict[str, str] = {}
+        for name, lvl in raw.items():
+            if not isinstance(lvl, str) or lvl.upper() not in _LOG_LEVELS:
+                self.err(f"gateway.log_levels.{name}",
+                         f"invalid level {lvl!r}: expected one of {', '.join(_LOG_LEVELS)}")
+                continue
+            out[str(name)] = lvl.upper()
+        return out
+
+    def panel(self, raw: Any, base_dir: Path, links: list[LinkConfig], *, links_ok: bool) -> PanelConfig:
+        """``[panel]`` and its ``[[panel.bays]]``; bay points must name configured points (when links parsed)."""
+        kw = self.fill(PanelConfig, raw, "panel", skip=("bays",))
+        if kw is None:
+            return PanelConfig()
+        if not 0 <= kw.get("port", 8080) <= 65535:
+            self.err("panel.port", "must be 0..65535 (0 disables the panel)")
+        host = str(kw.get("host", "127.0.0.1"))
+        if kw.get("tls") is False and not _is_loopback(host):
+            self.err("panel.tls", f"plain HTTP is allowed only on a loopback address, not {host!r}: operators' "
+                     "passwords would cross the network in clear text (remove tls = false, or set host = "
+                     '"127.0.0.1")')
+        for f in ("cert_file", "key_file"):
+            if kw.get(f) is not None:
+                path = kw[f] if kw[f].is_absolute() else base_dir / kw[f]
+                kw[f] = path
+                if not path.is_file():
+                    self.err(f"panel.{f}", f"file not found: {path}")
+        if (kw.get("cert_file") is None) != (kw.get("key_file") is None):
+            self.err("panel.cert_file", "cert_file and key_file go together (certificate and its key)")
+        for f in ("session_idle_min", "session_max_h", "select_timeout_s"):
+            if kw.get(f, 1.0) <= 0:
+                self.err(f"panel.{f}", "must be > 0")
+        points: dict[str, PointConfig] = {f"{d.name}.{p.name}": p for link in links for d in link.devices
+                                          for p in d.points}
+        bays: list[BayConfig] = []
+        raw_bays = raw.get("bays", [])
+        if not isinstance(raw_bays, list):
+            self.err("panel.bays", "expected an array of tables: [[panel.bays]]")
+            raw_bays = []
+        for i, b in enumerate(raw_bays):
+            key = f"panel.bays[{b.get('name', i) if isinstance(b, dict) else i}]"
+            bkw = self.fill(BayConfig, b, key)
+            if bkw is None or "name" not in bkw:
+                continue
+            if links_ok:
+                named = [(f, bkw.get(f, "")) for f in ("breaker", "open", "close")]
+                named += [("measurements", m) for m in bkw.get("measurements", ())]
+                for f, name in named:
+                    if name and name not in points:
+                        self.err(f"{key}.{f}", f"unknown point {name!r} (expected \"device.point\")"
+                                 f"{suggest(str(name), list(points))}")
+                    elif name and f in ("open", "close") and not points[name].writable:
+                        self.err(f"{key}.{f}", f"point {name!r} is not writable (set writable = true on it)")
+            bays.append(BayConfig(**bkw))
+        return PanelConfig(**kw, bays=tuple(bays))
 
     def sinks(self, raw: Any, base_dir: Path) -> list[SinkConfig]:
         if not isinstance(raw, list):

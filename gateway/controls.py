@@ -43,7 +43,7 @@ __all__ = ["ControlService", "ControlTarget", "Interlock"]
 
 log = logging.getLogger(__name__)
 
-AUDIT_PRIORITY = 1  # control audit events: below protection (0), above comm/info (2)
+AUDIT_PRIORITY = 0  # control audit events are never evicted, like trips and SOE (docs/durability.md)
 
 # An interlock hook: returns None to allow the request, or the reason it is refused (shown to the operator).
 Interlock = Callable[[ControlRequest], str | None]
@@ -108,6 +108,25 @@ class ControlService:
             return None
         left = (sel.expires_ns - self._mono()) / 1e9
         return {"origin": sel.origin, "action": sel.action.value, "value": sel.value, "expires_in_s": left}
+
+    def interlock_state(self, req: ControlRequest) -> list[dict[str, object]]:
+        """Read-only: every interlock hook that applies to ``req``'s point, asked now — ``name`` (the hook's
+        ``__name__``, or ``interlock N``), ``ok`` and ``reason`` (None when ok). Nothing is selected, sent to a
+        device or recorded; a hook that raises reads as refused (as :meth:`select` treats it)."""
+        key = f"{req.device}.{req.point}"
+        out: list[dict[str, object]] = []
+        for i, (pattern, hook) in enumerate(self._interlocks, start=1):
+            if pattern not in ("*", key):
+                continue
+            name = getattr(hook, "__name__", "")
+            if not name or name == "<lambda>":
+                name = f"interlock {i}"
+            try:
+                reason = hook(req)
+            except Exception as exc:
+                reason = f"interlock check failed: {exc!r}"
+            out.append({"name": name, "point": pattern, "ok": not reason, "reason": reason or None})
+        return out
 
     async def execute(self, req: ControlRequest) -> ControlResult:
         """Direct: operate. SBO: select, then operate if the select succeeded (the select's failure otherwise)."""

@@ -105,6 +105,31 @@ def _stop_child(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=2.0)
 
 
+def _bays_of_present_devices(cfg: GatewayConfig) -> GatewayConfig:
+    """Drop the overview tiles of devices left out of this demo run (no IEC 61850 IED on aarch64, ...)."""
+    names = {d.name for _, d in cfg.devices()}
+    bays = tuple(
+        b for b in cfg.panel.bays
+        if all(p.split(".")[0] in names for p in (b.breaker, b.open, b.close, *b.measurements) if p)
+    )
+    return dataclasses.replace(cfg, panel=dataclasses.replace(cfg.panel, bays=bays))
+
+
+def _panel_link(cfg: GatewayConfig, port: int) -> str:
+    """The panel's address; while no administrator exists, a one-time setup link that creates the first one
+    (there are no default credentials, not even in the demo)."""
+    from gateway.panel.app import users_path
+    from gateway.panel.users import UserStore
+
+    users = UserStore(users_path(cfg.data_dir))
+    if users.has_admin():
+        return f"http://127.0.0.1:{port}/   (log in as the administrator you created)"
+    token = users.issue_setup_token()
+    return (f"http://127.0.0.1:{port}/setup?token={token}\n"
+            "                        (works once: create the first administrator there; more users on its "
+            "Users page)")
+
+
 def run_demo(
     data_dir: Path, panel_port: int, receiver_port: int, modbus_port: int, duration_s: float = 0.0
 ) -> int:
@@ -113,7 +138,7 @@ def run_demo(
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(data_dir, panel_port, receiver_port, modbus_port)
     ports = {
-        "status page": panel_port,
+        "operator panel": panel_port,
         "receiver": receiver_port,
         "simulated IEDs": modbus_port,
         "simulated incomer": modbus_port + 1,
@@ -139,6 +164,7 @@ def run_demo(
             "(/usr/sbin/mosquitto or mosquitto on PATH, e.g. `apt install mosquitto`) for its private broker",
             file=sys.stderr,
         )
+    cfg = _bays_of_present_devices(cfg)
     taken = [f"{what} port {p}" for what, p in ports.items() if not _port_free(p)]
     if taken:
         print(
@@ -201,7 +227,7 @@ def run_demo(
             wait_listening(modbus_port + 4, solar, "MQTT broker (solar sensors)")
         print(
             "\n"
-            f"  Gateway status page : http://127.0.0.1:{panel_port}/   (JSON: /api/status)\n"
+            f"  Operator panel      : {_panel_link(cfg, panel_port)}\n"
             f"  Cloud receiver      : http://127.0.0.1:{receiver_port}/openapi.json\n"
             f"      landed rows     : curl -H 'Authorization: Bearer {RECEIVER_TOKEN}' "
             f"http://127.0.0.1:{receiver_port}/v1/gateways/{cfg.id}/stats\n"

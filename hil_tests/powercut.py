@@ -259,6 +259,7 @@ class Harness:
         self.data.mkdir(exist_ok=True)
         self.scratch.mkdir(exist_ok=True)
         self.store_path = self.data / STORE_NAME
+        self._panel_token: str | None = None  # API token of a viewer account (hil_tests.panel_access)
         self.receiver_db = self.work / "receiver.duckdb"
         self.config_path = self.work / "gateway.toml"
         self.state = State()
@@ -362,6 +363,7 @@ checkpoint_threshold_mb = {o.checkpoint_mb}
 
 [panel]
 port = {panel_port}
+tls = false
 
 [[sinks]]
 name = "{SINK}"
@@ -555,10 +557,12 @@ points = [{points}]
     # -------------------------------------------------------------------------------------------- the end
     def gateway_status(self, panel_port: int) -> dict[str, Any] | None:
         """The gateway's /api/status, or None while it does not answer."""
+        from hil_tests.panel_access import get_status, viewer_token
+
+        if self._panel_token is None:
+            self._panel_token = viewer_token(self.data)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{panel_port}/api/status", timeout=5.0) as resp:
-                body: dict[str, Any] = json.loads(resp.read())
-                return body
+            return get_status(f"http://127.0.0.1:{panel_port}", self._panel_token)
         except (OSError, ValueError):
             return None
 

@@ -104,7 +104,7 @@ async def test_direct_operate_writes_and_is_audited(rig: tuple[Rig, Clock]) -> N
     assert res == ControlResult(S.SUCCESS)
     assert r.writes() == [("holding", 0, [42])]
     assert [e.message for e in r.audit] == ["d1.setpoint: operate requested", "d1.setpoint: operate success"]
-    assert all(e.kind == "control" and e.priority == 1 and e.device == "d1" for e in r.audit)
+    assert all(e.kind == "control" and e.priority == 0 and e.device == "d1" for e in r.audit)
     assert r.audit_data()[-1] == {
         "action": "value", "value": 42.0, "mode": "direct", "origin": "alice", "status": "success", "detail": "",
         "code": -1,

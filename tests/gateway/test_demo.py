@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from gateway.demo import mosquitto_available
+from hil_tests.panel_access import viewer_token
 from storefwd.store import Store
 from tests.waiting import wait_until
 
@@ -48,8 +49,9 @@ def points_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["point"]: p for p in status["points"]}
 
 
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=2) as r:
+def get_json(url: str, token: str) -> dict[str, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=2) as r:
         return json.loads(r.read())
 
 
@@ -79,13 +81,14 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         start_new_session=True,  # its own process group, like a terminal's foreground job
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    token = viewer_token(data)  # the panel has no anonymous JSON; the rig's account lives beside the demo's data
     try:
         status: dict[str, Any] = {}
 
         def up() -> bool:
             nonlocal status
             try:
-                status = get_json(f"http://127.0.0.1:{panel}/api/status")
+                status = get_json(f"http://127.0.0.1:{panel}/api/status", token)
             except OSError:
                 return False
             def ok(d: dict[str, Any]) -> bool:  # sensors over MQTT are never polled
@@ -127,9 +130,13 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert points["feeder5.XCBR1_Pos"]["value"] == 2.0  # Dbpos on
         assert 0 < points["feeder5.MMXU1_TotW"]["value"] < 10_000  # kW, as the SCL's unit says
         assert points["feeder4.trip"]["validity"] == "good"  # output status online
-        html = urllib.request.urlopen(f"http://127.0.0.1:{panel}/", timeout=2).read().decode()
-        assert "feeder1.Ia" in html and "Cloud sync" in html and "Protection" in html
-        assert "<td>DNP3</td>" in html and "<td>IEC 61850</td>" in html
+        # the overview (HTML) for a logged-in viewer: a tile per bay of the demo, DNP3 and IEC 61850 feeders too
+        req = urllib.request.Request(f"http://127.0.0.1:{panel}/", headers={"Authorization": f"Bearer {token}"})
+        html = urllib.request.urlopen(req, timeout=2).read().decode()
+        assert "Feeder 1" in html and "Feeder 4 (DNP3)" in html and "Feeder 5 (IEC 61850)" in html
+        assert "Cloud sync" in html and "Protection" in html
+        anon = urllib.request.urlopen(f"http://127.0.0.1:{panel}/", timeout=2)  # anonymous: sent to log in
+        assert anon.url.endswith("/login?next=/")
         prot = status["protection"]
         assert [e["name"] for e in prot["elements"] if e["group"] == 1] == ["50P", "51P", "59", "81U"]
         assert prot["cycle"]["cycles"] > 0 and not any(e["tripped"] for e in prot["elements"])  # load only
@@ -143,7 +150,7 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     text = out.decode()
     assert proc.returncode == 0, text
     assert ("solar sensors (MQTT) part of the demo is skipped" in text) != with_solar
-    assert f"http://127.0.0.1:{panel}/" in text and "demo stopped" in text
+    assert f"http://127.0.0.1:{panel}/setup?token=" in text and "demo stopped" in text  # no default credentials
     assert "Traceback" not in text
     with Store(data / "gateway.duckdb") as store:
         acked = store.watermark("cloud")

@@ -33,6 +33,7 @@ from gateway.config import (
 )
 from hil_tests.modbus_sim import SimServer, SimUnit
 from hil_tests.net import free_port
+from hil_tests.panel_access import viewer_token
 from storefwd.store import Store
 from tests.waiting import wait_for, wait_for_async
 
@@ -225,6 +226,7 @@ data_dir = "gw"
 commit_interval_ms = 50
 [panel]
 port = {panel_port}
+tls = false
 [[sinks]]
 name = "cloud"
 url = "{rx_url}/v1/batches"
@@ -312,8 +314,9 @@ async def test_sigkill_mid_upload_then_restart_no_loss_no_duplicate(tmp_path: Pa
 
             proc = _start_gateway(config, log)
             status_url = f"http://127.0.0.1:{panel_port}/api/status"
+            token = viewer_token(tmp_path / "gw")  # the panel has no anonymous JSON: a rig reads it with a token
 
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
 
                 async def stable() -> bool:
                     try:

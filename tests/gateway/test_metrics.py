@@ -19,7 +19,7 @@ from cloud_sync.receiver.server import ReceiverServer
 from gateway.app import Gateway
 from gateway.config import DeviceConfig, GatewayConfig, LinkConfig, PanelConfig, PointConfig, SinkConfig
 from gateway.metrics import CONTENT_TYPE, Exposition, collect
-from gateway.status_page import build_status_app
+from gateway.panel.app import build_panel_app
 from hil_tests.modbus_sim import SimServer, SimUnit
 from protection.shm import HIST_EDGES_NS, CycleStats
 from tests.waiting import wait_for_async
@@ -82,7 +82,7 @@ async def test_metrics_of_a_running_gateway(tmp_path: Path) -> None:
         ReceiverServer(build_app(backend, {"gw": TOKEN})) as rx,
         Gateway(config(tmp_path, sim.port, rx.url)) as gw,
     ):
-        transport = httpx.ASGITransport(app=build_status_app(gw))
+        transport = httpx.ASGITransport(app=build_panel_app(gw))
         async with httpx.AsyncClient(transport=transport, base_url="http://panel") as client:
 
             async def polled_and_synced() -> bool:

@@ -23,10 +23,11 @@ from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.config_load import parse_config
 from gateway.model import Q
+from gateway.panel.app import build_panel_app
 from gateway.session_runner import Q_LOST, SessionRunner
-from gateway.status_page import build_status_app
 from hil_tests.demo_solar import PrivateMosquitto
 from hil_tests.net import free_port
+from hil_tests.panel_access import viewer_token
 from protocols.mqtt import QUARANTINE_REASONS, parse_timestamp
 from tests.waiting import wait_for
 
@@ -232,11 +233,13 @@ async def test_every_quarantine_reason_is_stored_with_its_raw_payload(
     proto = gw.status()["devices"][0]["protocol"]
     assert proto["quarantine"] == {reason: 1 for reason in bad} and proto["quarantined"] == len(bad)
     assert gw.store.stats()["quarantined"] == len(bad)
-    # the status page: counts per reason and the last records, in JSON and HTML
-    transport = httpx.ASGITransport(app=build_status_app(gw))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    # the panel: counts per reason and the last records, in JSON (/api/status) and HTML (the Devices page)
+    token = viewer_token(gw.cfg.data_dir)
+    transport = httpx.ASGITransport(app=build_panel_app(gw))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw",
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
         page = (await client.get("/api/status")).json()["quarantine"]
-        text = (await client.get("/")).text
+        text = (await client.get("/devices")).text
     assert page["counts"] == {reason: 1 for reason in sorted(bad)} and page["stored"] == len(bad)
     assert [row["reason"] for row in page["recent"]] == list(reversed(bad))  # newest first
     assert page["recent"][-1]["payload"] == "temperature=21.5;\ufffd" and page["recent"][-1]["payload_bytes"] == 18

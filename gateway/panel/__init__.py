@@ -1,0 +1,1 @@
+"""The operator panel: pages, live updates, users and sessions (docs/panel.md)."""
