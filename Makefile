@@ -86,3 +86,40 @@ bench: $(TEST_STAMP) system-deps services
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-data *.egg-info
+
+# --- offline installs: `deploy/install.sh --wheelhouse wheelhouse/<platform>` (docs/deployment.md) ---
+# make wheelhouse [PLATFORM=manylinux2014_aarch64|manylinux2014_x86_64] [PYVER=311] [GLIBC=36]
+# The project's wheel plus a cp$(PYVER) binary wheel (or a pure-Python one) of every runtime dependency for the
+# target, resolved for that platform by pip (not for this machine), into wheelhouse/<platform>/ with SHA256SUMS.
+# GLIBC: the target's glibc minor version (Debian bookworm / Raspberry Pi OS: 2.36); wheels tagged
+# manylinux_2_17 .. manylinux_2_$(GLIBC) (and manylinux2014) run there. Needs PyPI or a mirror with those wheels.
+.PHONY: wheelhouse
+PLATFORM   ?= manylinux2014_aarch64
+PYVER      ?= 311
+GLIBC      ?= 36
+WHEELHOUSE ?= wheelhouse/$(PLATFORM)
+WHEEL_ARCH := $(lastword $(subst manylinux2014_, ,$(PLATFORM)))
+WHEEL_PLATFORMS := --platform $(PLATFORM) $(foreach v,$(shell seq 17 $(GLIBC)),--platform manylinux_2_$(v)_$(WHEEL_ARCH))
+
+wheelhouse: | $(BIN)/python
+	@case "$(PLATFORM)" in manylinux2014_aarch64|manylinux2014_x86_64) ;; \
+	  *) echo "error: PLATFORM must be manylinux2014_aarch64 or manylinux2014_x86_64, not '$(PLATFORM)'"; exit 2;; esac
+	rm -rf "$(WHEELHOUSE).tmp" && mkdir -p "$(WHEELHOUSE).tmp"
+	@# the project's wheel, built from a clean copy of the tree (a stale build/ never leaks into it)
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	  tar -c --exclude=./.venv --exclude=./.git --exclude=./wheelhouse --exclude=./build --exclude=./dist \
+	    --exclude='*.egg-info' --exclude=./demo-data --exclude=./data --exclude='*.duckdb*' \
+	    --exclude=__pycache__ --exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache . \
+	  | tar -x -C "$$src" && \
+	  $(BIN)/python -m pip wheel --quiet --no-deps -w "$(WHEELHOUSE).tmp" "$$src"
+	@# every runtime dependency, for the target (pip download resolves them for --platform, not for this machine)
+	$(BIN)/python -m pip download --quiet --only-binary=:all: $(WHEEL_PLATFORMS) \
+	  --python-version $(PYVER) --implementation cp --abi cp$(PYVER) -d "$(WHEELHOUSE).tmp" \
+	  "$(WHEELHOUSE).tmp"/substation_gateway-*.whl \
+	  || { echo "error: could not get cp$(PYVER) wheels for $(PLATFORM) (pip says why above): 'make wheelhouse'"; \
+	       echo "       needs PyPI or a mirror that has them (PIP_INDEX_URL); no wheelhouse was written"; \
+	       rm -rf "$(WHEELHOUSE).tmp"; exit 1; }
+	cd "$(WHEELHOUSE).tmp" && sha256sum *.whl > SHA256SUMS
+	rm -rf "$(WHEELHOUSE)" && mv "$(WHEELHOUSE).tmp" "$(WHEELHOUSE)"
+	@echo "wheelhouse: $(WHEELHOUSE) ($$(ls "$(WHEELHOUSE)"/*.whl | wc -l) wheels); install offline on the target with:"
+	@echo "  sudo deploy/install.sh --wheelhouse $(WHEELHOUSE)"

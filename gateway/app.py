@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from gateway.analytics.config import build_analytics
 from gateway.analytics.service import AnalyticsService, derived_points
-from gateway.config import GatewayConfig, LinkConfig
+from gateway.config import GatewayConfig, LinkConfig, SinkConfig
 from gateway.controls import ControlService
 from gateway.drivers import SESSION_DRIVERS, driver_factory
 from gateway.emit_buffer import PendingBudget
@@ -43,7 +43,9 @@ if TYPE_CHECKING:  # imported when used: a gateway without sinks/panel never loa
 
     from cloud_sync.uploader import Uploader
     from gateway.asgi_server import AsgiServer
+    from gateway.panel.context import PanelContext
     from gateway.protection_service import ProtectionService
+    from gateway.reload import ReloadReport
 
 log = logging.getLogger("gateway")
 
@@ -84,9 +86,10 @@ class Gateway:
         self.analytics: AnalyticsService | None = None  # the configured [analytics], fed from _emit
         self.runners: list[LinkRunner | SessionRunner] = []
         self.controls: ControlService | None = None
-        self._event_tasks: set[asyncio.Task[int]] = set()  # event writes in flight (strong refs)
+        self._event_tasks: set[asyncio.Task[Any]] = set()  # event writes, panel reads in flight (strong refs)
         self.uploaders: list[Uploader] = []
         self.panel: AsgiServer | None = None
+        self.panel_context: PanelContext | None = None  # the panel's shared state (users, sessions, live config)
         self.protection: ProtectionService | None = None
         self.latest: LatestTable | None = None
         self.points: list[PointInfo] = []
@@ -166,45 +169,19 @@ class Gateway:
             log.error(ev.message)
             await asyncio.to_thread(self.store.add_events, [ev])
 
-        if cfg.sinks:
-            from cloud_sync.uploader import Uploader
         for sink in cfg.sinks:
-            if sink.type == "mqtt":  # paho is imported only when an MQTT sink is configured
-                from cloud_sync.mqtt_sink import MqttDelivery
-
-                up = Uploader(self.store, sink, cfg.id, delivery=MqttDelivery(sink, cfg.id))
-            else:
-                up = Uploader(self.store, sink, cfg.id, transport=self._sink_transport)
+            up = self._make_uploader(sink)
             self.uploaders.append(up)
             self._tasks.append(asyncio.create_task(up.run(), name=f"sink-{sink.name}"))
 
         if cfg.panel.port:
             await self._start_panel()
 
-        targets: dict[str, LinkRunner | SessionRunner] = {}
         for link in cfg.links:
-            runner: LinkRunner | SessionRunner
-            if link.protocol in SESSION_DRIVERS:
-                runner = SessionRunner(
-                    link,
-                    point_ids=self.point_ids,
-                    emit=self._emit,
-                    driver_factory=self._session_factory(link),
-                    mono_ns=self.mono_ns,
-                    wall_ns=self.wall_ns,
-                    on_event=self._record_event,
-                    pending=self.pending,
-                )
-            else:
-                runner = LinkRunner(
-                    link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns,
-                    pending=self.pending, on_event=self._record_event,
-                )  # fmt: skip
-            self.runners.append(runner)
-            targets.update((d.name, runner) for d in link.devices)
+            self.runners.append(self._make_runner(link))
         store = self.store
         self.controls = ControlService(
-            targets,
+            self._control_targets(),
             {f"{dev.name}.{p.name}": p for _, dev in cfg.devices() for p in dev.points},
             lambda ev: asyncio.to_thread(store.add_events, [ev]),
             select_timeout_s=cfg.panel.select_timeout_s,
@@ -222,6 +199,119 @@ class Gateway:
             cfg.store_path,
         )
 
+    def _make_runner(self, link: LinkConfig) -> LinkRunner | SessionRunner:
+        """The poll loop of one link (not started)."""
+        if link.protocol in SESSION_DRIVERS:
+            return SessionRunner(
+                link,
+                point_ids=self.point_ids,
+                emit=self._emit,
+                driver_factory=self._session_factory(link),
+                mono_ns=self.mono_ns,
+                wall_ns=self.wall_ns,
+                on_event=self._record_event,
+                pending=self.pending,
+            )
+        return LinkRunner(
+            link, point_ids=self.point_ids, emit=self._emit, mono_ns=self.mono_ns, wall_ns=self.wall_ns,
+            pending=self.pending, on_event=self._record_event,
+        )  # fmt: skip
+
+    def _control_targets(self) -> dict[str, LinkRunner | SessionRunner]:
+        return {d.name: r for r in self.runners for d in r.link.devices}
+
+    def _make_uploader(self, sink: SinkConfig) -> Uploader:
+        from cloud_sync.uploader import Uploader
+
+        assert self.store is not None
+        if sink.type == "mqtt":  # paho is imported only when an MQTT sink is configured
+            from cloud_sync.mqtt_sink import MqttDelivery
+
+            return Uploader(self.store, sink, self.cfg.id, delivery=MqttDelivery(sink, self.cfg.id))
+        return Uploader(self.store, sink, self.cfg.id, transport=self._sink_transport)
+
+    # -- reload (SIGHUP) -----------------------------------------------------------------------------------------
+    async def reload(self, new: GatewayConfig) -> ReloadReport:
+        """Apply a changed config without a restart where that is safe (docs/deployment.md#reload).
+
+        Applied live: links (an unchanged link keeps its runner and its connection; a changed one is stopped and
+        started again; added and removed ones start and stop), sinks (likewise, by name: a changed sink's
+        watermark is kept), panel bays and session timeouts, log levels. Everything else (gateway id, data_dir,
+        [storage], the panel's address and TLS, [protection], [analytics]) needs a restart: reported, and the
+        running value kept. Loop thread only; the caller validated ``new`` (load_config)."""
+        from gateway.reload import plan_reload
+
+        old = self.cfg
+        plan = plan_reload(old, new)
+        store = self.store
+        assert store is not None
+        # stop what goes away or changes: runners first (their final old-data marks reach the store), then sinks
+        stopping = [r for r in self.runners if r.link.name in plan.links_removed | plan.links_changed]
+        for r in stopping:
+            r.stop()
+        names = {f"link-{r.link.name}" for r in stopping}
+        tasks = [t for t in self._tasks if t.get_name() in names]
+        await _wait_tasks(tasks, 5.0)
+        self._tasks = [t for t in self._tasks if t not in tasks]
+        self.runners = [r for r in self.runners if r not in stopping]
+        gone_sinks = [u for u in self.uploaders if u.sink.name in plan.sinks_removed | plan.sinks_changed]
+        for u in gone_sinks:
+            u.stop()
+        snames = {f"sink-{u.sink.name}" for u in gone_sinks}
+        stasks = [t for t in self._tasks if t.get_name() in snames]
+        await _wait_tasks(stasks, 5.0)
+        self._tasks = [t for t in self._tasks if t not in stasks]
+        self.uploaders = [u for u in self.uploaders if u not in gone_sinks]
+
+        self.cfg = plan.effective
+        cfg = self.cfg
+        # new points get ids (removed ones keep theirs: their history stays readable)
+        new_points = [
+            PointInfo(f"{dev.name}.{p.name}", dev.name, p.name, p.unit)
+            for link in cfg.links if link.name in plan.links_added | plan.links_changed
+            for dev in link.devices for p in dev.points
+            if f"{dev.name}.{p.name}" not in self.point_ids
+        ]  # fmt: skip
+        if new_points:
+            ids = await asyncio.to_thread(store.register_points, new_points)
+            self.points += new_points
+            self.point_ids.update((p.name, int(i)) for p, i in zip(new_points, ids, strict=True))
+            assert self.latest is not None
+            self.latest.grow(max(self.point_ids.values()))
+        started = []
+        for link in cfg.links:
+            if link.name in plan.links_added | plan.links_changed:
+                runner = self._make_runner(link)
+                self.runners.append(runner)
+                started.append(runner)
+        order = {link.name: i for i, link in enumerate(cfg.links)}
+        self.runners.sort(key=lambda r: order[r.link.name])
+        for runner in started:
+            self._tasks.append(asyncio.create_task(runner.run(), name=f"link-{runner.link.name}"))
+        store.set_sinks([s.name for s in cfg.sinks])
+        for sink in cfg.sinks:
+            if sink.name in plan.sinks_added | plan.sinks_changed:
+                up = self._make_uploader(sink)
+                self.uploaders.append(up)
+                self._tasks.append(asyncio.create_task(up.run(), name=f"sink-{sink.name}"))
+        if self.controls is not None:
+            self.controls.update(
+                self._control_targets(), {f"{dev.name}.{p.name}": p for _, dev in cfg.devices() for p in dev.points}
+            )
+        kept = {f"{dev.name}.{p.name}" for _, dev in cfg.devices() for p in dev.points}
+        dropped = {f"{dev.name}.{p.name}" for _, dev in old.devices() for p in dev.points} - kept
+        self.points = [p for p in self.points if p.name not in dropped]  # their ids and history stay in the store
+        if self.controls is not None:
+            self.controls.select_timeout_s = cfg.panel.select_timeout_s
+        if self.panel_context is not None:
+            ctx = self.panel_context
+            ctx.cfg = cfg.panel
+            ctx.sessions.idle_s = cfg.panel.session_idle_min * 60.0
+            ctx.sessions.max_s = cfg.panel.session_max_h * 3600.0
+        if plan.report.applied and any(k.startswith("log_") for k in plan.report.applied):
+            configure_logging(cfg.log_level, cfg.log_levels, cfg.log_format)
+        return plan.report
+
     async def _start_panel(self) -> None:
         """The operator panel (docs/panel.md): HTTPS with the configured or a generated self-signed certificate,
         plain HTTP only where the config allows it (loopback)."""
@@ -233,8 +323,12 @@ class Gateway:
         cert = key = None
         if pc.tls:
             cert, key = await asyncio.to_thread(ensure_panel_certificate, self.cfg)
+        from gateway.panel.app import build_panel_context
+
+        self.panel_context = build_panel_context(self)
         self.panel = AsgiServer(
-            build_panel_app(self), pc.host, pc.port, name="panel", ssl_certfile=cert, ssl_keyfile=key
+            build_panel_app(self, self.panel_context), pc.host, pc.port, name="panel", ssl_certfile=cert,
+            ssl_keyfile=key,
         )
         await self.panel.start()
 
@@ -254,6 +348,12 @@ class Gateway:
         if store is None or not records:
             return
         task = asyncio.create_task(asyncio.to_thread(store.add_quarantine, records), name="quarantine")
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a background store task (an event write, a panel read) referenced until it ends; :meth:`stop` waits
+        for these before it closes the store."""
         self._event_tasks.add(task)
         task.add_done_callback(self._event_tasks.discard)
 
@@ -300,6 +400,10 @@ class Gateway:
             await _wait_tasks(prot_tasks, 10.0)  # stops the process (bounded: SIGTERM, then SIGKILL)
             self._tasks = [t for t in self._tasks if t not in prot_tasks]
         if self.panel is not None:
+            if self.panel_context is not None:
+                from gateway.panel.live import close_streams
+
+                close_streams(self.panel_context)  # live streams end at their next tick, not at uvicorn's timeout
             await self.panel.stop()
             self.panel = None
         for u in self.uploaders:
@@ -477,15 +581,55 @@ async def _ping_forever(notify: Notifier) -> None:
         await asyncio.sleep(notify.watchdog_interval_s)
 
 
+async def reload_from_file(gw: Gateway, notify: Notifier) -> bool:
+    """Re-read the config file the gateway was started from and apply it (:meth:`Gateway.reload`). A file with
+    errors changes nothing: every problem is logged and the running config stays. The outcome is logged, shown
+    in ``systemctl status`` and stored as an audit event. Returns whether it was applied."""
+    from gateway.config_load import ConfigError, ConfigFileError, load_config
+
+    path = gw.cfg.source
+    if path is None:
+        log.error("reload: this gateway's config was not read from a file; nothing to reload")
+        return False
+    notify.reloading()
+    try:
+        new, warnings = await asyncio.to_thread(load_config, path, strict_protection=False)
+    except (ConfigFileError, ConfigError) as e:
+        problems = e.problems if isinstance(e, ConfigError) else [str(e)]
+        for prob in problems:
+            log.error("reload: %s", prob)
+        log.error("reload refused: %d problem(s) in %s; the running config is unchanged", len(problems), path)
+        notify.ready(f"reload refused ({len(problems)} problems in {path.name}); {gw.status_line()}")
+        return False
+    for w in warnings:
+        log.warning("reload: %s", w)
+    report = await gw.reload(new)
+    text = f"config reloaded from {path}: {report.summary()}"
+    (log.warning if report.restart_needed else log.info)(text)
+    if gw.store is not None:
+        ev = Event(ts=gw.wall_ns(), kind="audit", priority=0, device="gateway", point="config.reload", message=text,
+                   data=json.dumps({"user": "", "action": "config.reload", "file": str(path),
+                                    "restart_needed": list(report.restart_needed)}))
+        await asyncio.to_thread(gw.store.add_events, [ev])
+    notify.ready(gw.status_line())
+    return True
+
+
 async def run_gateway(
-    cfg: GatewayConfig, stop: asyncio.Event, *, notifier: Notifier | None = None, min_stall_s: float = STALL_MIN_S
+    cfg: GatewayConfig,
+    stop: asyncio.Event,
+    *,
+    notifier: Notifier | None = None,
+    min_stall_s: float = STALL_MIN_S,
+    reload: asyncio.Event | None = None,
 ) -> int:
     """Run until ``stop`` is set or a component dies. Returns an exit code.
 
     Under systemd (``$NOTIFY_SOCKET``, docs/deployment.md) it sends READY=1 once :meth:`Gateway.ready`, a STATUS=
     line every ``STATUS_EVERY_S``, WATCHDOG=1 every half ``$WATCHDOG_USEC`` while :meth:`Gateway.not_alive` finds
     nothing (it stops for good, logged once, when a component is not alive: systemd then restarts the daemon),
-    and STOPPING=1 on the way out. ``min_stall_s``: see :meth:`Gateway.not_alive`.
+    and STOPPING=1 on the way out. ``min_stall_s``: see :meth:`Gateway.not_alive`. When ``reload`` is set (SIGHUP),
+    the config file is read again and applied (:func:`reload_from_file`), then ``reload`` is cleared.
     """
     from gateway.asgi_server import BindError  # uvicorn; cheap when the panel is on (the default) anyway
     from storefwd.errors import StoreError
@@ -533,6 +677,9 @@ async def run_gateway(
                 next_status = now + round(STATUS_EVERY_S * 1e9)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick_s)
+            if reload is not None and reload.is_set() and not stop.is_set():
+                reload.clear()
+                await reload_from_file(gw, notify)
             await gw.record_comm_events()
             err = gw.failed_task()
             if err is not None:
@@ -545,10 +692,13 @@ async def run_gateway(
         notify.close()
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+def install_stop_signals(stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+    """SIGINT/SIGTERM set ``stop``; SIGHUP sets ``reload`` (when given) instead of killing the process."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
 
 
 def run_from_file(path: Path) -> int:
@@ -564,8 +714,8 @@ def run_from_file(path: Path) -> int:
         log.warning(w)
 
     async def main() -> int:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        return await run_gateway(cfg, stop)
+        stop, reload = asyncio.Event(), asyncio.Event()
+        install_stop_signals(stop, reload)
+        return await run_gateway(cfg, stop, reload=reload)
 
     return asyncio.run(main())

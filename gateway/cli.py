@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_user_parser(sub)
     add_panel_cert_parser(sub)
+    from gateway.commission.cli import add_commands as add_commission_commands
+
+    add_commission_commands(sub)
     return p
 
 
@@ -163,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.panel.cli import run_panel_cert
 
             return run_panel_cert(args)
+        from gateway.commission.cli import COMMANDS as COMMISSION_COMMANDS
+
+        if args.command in COMMISSION_COMMANDS:
+            from gateway.commission.cli import run as run_commission
+
+            return run_commission(args)
         if args.command == "demo":
             from gateway.demo import run_demo
 

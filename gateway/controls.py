@@ -2,7 +2,7 @@
 
 :class:`ControlService` checks a request, applies the interlock hooks, keeps the gateway-side selection of
 select-before-operate, bounds every device call with a timeout, and writes **every request and every outcome**
-as an audit event (``kind = "control"``, priority 1: kept ahead of readings when space runs out). The request
+as an audit event (``kind = "control"``, priority 0: never evicted when space runs out). The request
 is committed to the store before the device is asked, so a control the gateway sent is never missing from the
 record.
 
@@ -95,6 +95,14 @@ class ControlService:
         self._wall = wall_ns
         self._interlocks: list[tuple[str, Interlock]] = []
         self._selected: dict[str, _Selection] = {}
+
+    def update(self, targets: Mapping[str, ControlTarget], points: Mapping[str, PointConfig]) -> None:
+        """A config reload changed the devices: route to the new runners. Selections of points that are gone (or
+        whose device moved to a new runner) end."""
+        self._targets = dict(targets)
+        self._points = dict(points)
+        for key in [k for k in self._selected if k not in self._points]:
+            del self._selected[key]
 
     def add_interlock(self, hook: Interlock, point: str = "*") -> None:
         """Ask ``hook`` before every select and operate of ``point`` (``"device.point"``, or ``"*"`` for all)."""

@@ -18,6 +18,18 @@ class LatestTable:
         self.quality = np.zeros(n, dtype=np.uint16)
         self.received_ns = np.zeros(n, dtype=np.int64)  # gateway wall time the latest reading was emitted
 
+    def grow(self, max_id: int) -> None:
+        """Make room for point ids up to ``max_id`` (a config reload added points); existing entries are kept.
+        Loop thread (the only writer)."""
+        n = max_id + 1
+        if n <= len(self.ts):
+            return
+        extra = n - len(self.ts)
+        self.ts = np.concatenate([self.ts, np.zeros(extra, dtype=np.int64)])
+        self.value = np.concatenate([self.value, np.full(extra, np.nan, dtype=np.float64)])
+        self.quality = np.concatenate([self.quality, np.zeros(extra, dtype=np.uint16)])
+        self.received_ns = np.concatenate([self.received_ns, np.zeros(extra, dtype=np.int64)])
+
     def update(self, batch: ReadingBatch, now_ns: int) -> None:
         """Take the batch's rows; for a point appearing twice the later row wins."""
         if len(batch) == 0:

@@ -399,6 +399,7 @@ class LinkRunner(RunnerLoop):
                     "errors": dev.errors,
                     "timeouts": dev.timeouts,
                     "reconnects": self.reconnects,
+                    "backoff_s": dev.backoff_s,
                     "missed_slots": dev.missed_slots,
                     "lateness_p99_ms": float(np.percentile(lat, 99)) / 1e6 if lat.size else math.nan,
                     "protocol": {"name": self.link.protocol},

@@ -234,3 +234,20 @@ def parse_protection_runtime(
                 err(f"{okey}.elements", f"no element named {el!r} in either group{suggest(el, known)}")
         outputs.append(spec)
     return ProtectionRuntime(**kw, source=source, outputs=tuple(outputs)), problems
+
+
+def parse_group_elements(
+    raw: Any, group: int, file: str = "<panel>"
+) -> tuple[tuple[ElementSettings, ...], list[ConfigProblem]]:
+    """One settings group's elements from the list of their tables (the ``[[protection.groupN.elements]]``
+    array, e.g. sent by the panel as JSON), checked exactly as :func:`parse_protection` checks the config file,
+    ranges included. Problems name the key (``protection.group1.elements[51P].tms``). Never raises."""
+    problems: list[ConfigProblem] = []
+
+    def err(key: str, message: str) -> None:
+        problems.append(ConfigProblem(file, key, message))
+
+    if group not in (1, 2):
+        err("group", f"expected 1 or 2, got {group!r}")
+        return (), problems
+    return _group({"elements": raw}, f"protection.group{group}", group, err), problems

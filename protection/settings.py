@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin
@@ -256,3 +257,97 @@ class ProtectionSettings:
         if n == 2:
             return self.group2
         raise ValueError(f"settings group must be 1 or 2, got {n!r}")
+
+
+# -- describing and serialising settings (the panel's forms, its JSON and the settings override file) ----------
+
+# Unit of a setting, by key suffix (keys name their unit: pickup_a, delay_s, pickup_kv, pickup_hz, pickup_hz_s).
+_UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (("_hz_s", "Hz/s"), ("_kv", "kV"), ("_hz", "Hz"), ("_a", "A"),
+                                               ("_s", "s"))
+
+
+def setting_unit(key: str) -> str:
+    """The unit of setting ``key`` ("A", "s", "kV", "Hz", "Hz/s"), "" for a ratio, factor, multiplier or choice."""
+    for suffix, unit in _UNIT_SUFFIXES:
+        if key.endswith(suffix):
+            return unit
+    return ""
+
+
+def setting_fields(etype: str) -> list[dict[str, Any]]:
+    """How to edit an element of type ``etype`` (KeyError for an unknown type): one dict per TOML key except
+    ``type``, in declaration order: ``key``, ``kind`` ("text", "number", "choice", "bool"), ``unit``, ``min`` /
+    ``max`` (numbers with a range), ``options`` (choices), ``default`` (None: required or optional without one),
+    ``required`` and ``optional`` (may be left out, e.g. ``tms``/``td`` depending on the curve)."""
+    cls = SETTINGS_BY_TYPE[etype]
+    hints = _hints(cls)
+    out: list[dict[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        if f.name == "type":
+            continue
+        hint = hints[f.name]
+        args = [a for a in get_args(hint) if a is not type(None)]
+        optional = get_origin(hint) in (typing.Union, types.UnionType) and type(None) in get_args(hint)
+        base = args[0] if optional else hint
+        d: dict[str, Any] = {"key": f.name, "unit": setting_unit(f.name)}
+        if get_origin(base) is Literal:
+            d["kind"], d["options"] = "choice", list(get_args(base))
+        elif base is bool:
+            d["kind"] = "bool"
+        elif base is float or base is int:
+            d["kind"] = "number"
+            if f.name in cls.RANGES:
+                d["min"], d["max"] = cls.RANGES[f.name]
+        else:
+            d["kind"] = "text"
+        required = f.default is dataclasses.MISSING
+        d["required"] = required
+        d["optional"] = optional
+        d["default"] = None if required else f.default
+        out.append(d)
+    return out
+
+
+def element_to_raw(s: ElementSettings) -> dict[str, Any]:
+    """One element's settings as its ``[[protection.groupN.elements]]`` table (``type`` first, then every field;
+    a None value — ``tms`` of an IEEE curve, ``td`` of an IEC one — is left out, as TOML has no null)."""
+    out: dict[str, Any] = {"type": s.type}
+    for f in dataclasses.fields(s):
+        v = getattr(s, f.name)
+        if f.name != "type" and v is not None:
+            out[f.name] = float(v) if type(v) is int else v  # numbers are floats (as the TOML parser makes them)
+    return out
+
+
+def settings_version(settings: ProtectionSettings) -> str:
+    """A short hash of both groups' element settings (not of the active group): the version a settings change
+    is based on. Equal settings give equal versions in any process (canonical JSON, SHA-256, 16 hex digits)."""
+    import hashlib
+    import json
+
+    doc = {f"group{g}": [element_to_raw(e) for e in settings.group(g)] for g in (1, 2)}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def diff_elements(
+    old: tuple[ElementSettings, ...], new: tuple[ElementSettings, ...]
+) -> list[dict[str, Any]]:
+    """What changed between two versions of one group, per element (by name), in the new order then the removed:
+    ``{"element", "change": "added"|"removed"|"changed", "settings": {key: [old, new]}}`` (added: old None;
+    removed: new None; unchanged elements are left out)."""
+    before = {e.name: element_to_raw(e) for e in old}
+    after = {e.name: element_to_raw(e) for e in new}
+    out: list[dict[str, Any]] = []
+    for name, raw in after.items():
+        prev = before.get(name)
+        if prev is None:
+            out.append({"element": name, "change": "added", "settings": {k: [None, v] for k, v in raw.items()}})
+            continue
+        changed = {k: [prev.get(k), raw.get(k)] for k in dict.fromkeys([*prev, *raw]) if prev.get(k) != raw.get(k)}
+        if changed:
+            out.append({"element": name, "change": "changed", "settings": changed})
+    for name, raw in before.items():
+        if name not in after:
+            out.append({"element": name, "change": "removed", "settings": {k: [v, None] for k, v in raw.items()}})
+    return out

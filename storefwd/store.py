@@ -66,6 +66,7 @@ from .errors import (
 from .fsutil import fsync_path
 
 log = logging.getLogger(__name__)
+CLOSE_READERS_WAIT_S = 10.0  # close() waits this long for reads in flight (panel queries, uploads)
 
 _READINGS_VIEW: Final = "_storefwd_readings_in"
 _POINTS_VIEW: Final = "_storefwd_points_in"
@@ -297,6 +298,8 @@ class Store:
         self._over_budget_alarmed = False
 
         self._cursor_lock = threading.Lock()  # DuckDB cursor creation from the root connection
+        self._readers_done = threading.Condition(self._cursor_lock)  # close() waits for reads in flight
+        self._readers = 0  # reads in flight (under _cursor_lock)
         self._closed = False
         self._close_lock = threading.Lock()
         self._close_error: StoreError | None = None
@@ -786,7 +789,8 @@ class Store:
                 self._space_free.notify_all()
             self._writer.join()
             with self._cursor_lock:
-                self._closed = True
+                self._closed = True  # no new reads; the ones in flight finish first (a panel query, an upload)
+                self._readers_done.wait_for(lambda: self._readers == 0, timeout=CLOSE_READERS_WAIT_S)
                 with contextlib.suppress(duckdb.Error):
                     self._wcon.close()
                 self._root.close()
@@ -1406,6 +1410,7 @@ class Store:
             if self._closed:
                 raise StoreClosed(f"store {self._path} is closed")
             cur = self._root.cursor()
+            self._readers += 1
         try:
             yield cur
         except duckdb.Error as e:
@@ -1415,6 +1420,9 @@ class Store:
         finally:
             with contextlib.suppress(duckdb.Error):
                 cur.close()
+            with self._cursor_lock:
+                self._readers -= 1
+                self._readers_done.notify_all()
 
     def point_infos(self) -> dict[int, PointInfo]:
         """id -> PointInfo of every registered point (a copy). Any thread, no I/O."""
@@ -1685,6 +1693,177 @@ class Store:
         out["fs_free_bytes"] = usage.fs_free_bytes if usage is not None else 0
         out["over_budget"] = int(used > budget)
         return out
+
+    # -------------------------------------------------------------------------- event queries (operator panel)
+    def _event_filter(
+        self,
+        kinds: Sequence[str] | None,
+        device: str | None,
+        point: str | None,
+        text: str | None,
+        since_ns: int | None,
+        until_ns: int | None,
+        after_seq: int | None,
+        max_seq: int | None,
+        max_priority: int | None,
+    ) -> tuple[str, dict[str, object]]:
+        """The WHERE clause and parameters shared by :meth:`query_events` and :meth:`count_events`."""
+        where = ["TRUE"]
+        params: dict[str, object] = {}
+        if kinds is not None:
+            where.append("list_contains($kinds, kind)")
+            params["kinds"] = [str(k) for k in kinds]
+        if device is not None:
+            where.append("device = $device")
+            params["device"] = str(device)
+        if point is not None:
+            where.append("point = $point")
+            params["point"] = str(point)
+        if text:
+            where.append("(contains(lower(message), $text) OR contains(lower(device), $text) "
+                         "OR contains(lower(point), $text))")
+            params["text"] = str(text).lower()
+        if since_ns is not None:
+            where.append("ts >= $since")
+            params["since"] = int(since_ns)
+        if until_ns is not None:
+            where.append("ts < $until")
+            params["until"] = int(until_ns)
+        if after_seq is not None:
+            where.append("seq > $after")
+            params["after"] = int(after_seq)
+        if max_seq is not None:
+            where.append("seq <= $maxseq")
+            params["maxseq"] = int(max_seq)
+        if max_priority is not None:
+            where.append("priority <= $maxp")
+            params["maxp"] = int(max_priority)
+        return " AND ".join(where), params
+
+    def query_events(
+        self,
+        *,
+        kinds: Sequence[str] | None = None,
+        device: str | None = None,
+        point: str | None = None,
+        text: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        after_seq: int | None = None,
+        max_seq: int | None = None,
+        max_priority: int | None = None,
+        limit: int = 1000,
+        newest_first: bool = True,
+        by_time: bool = False,
+    ) -> pa.Table:
+        """Committed events matching every given filter, at most ``limit``, ordered by seq — or by ``ts`` then seq
+        with ``by_time`` (the order things happened, e.g. a sequence of events whose records arrived late) —
+        newest first unless ``newest_first`` is False. Read-only; any thread (blocks on DuckDB: call it off the
+        event loop).
+
+        Filters (None = no filter): ``kinds`` (event kind in the list; an empty list matches nothing), ``device``
+        and ``point`` (exact), ``text`` (case-insensitive substring of message, device or point), ``since_ns`` /
+        ``until_ns`` (``since_ns <= ts < until_ns``, UTC epoch ns), ``after_seq`` / ``max_seq``
+        (``after_seq < seq <= max_seq``: a reader that remembers :meth:`last_event_seq` reads exactly the
+        committed events up to it), ``max_priority`` (``priority <= max_priority``: 0 only the vital ones).
+        Columns as :meth:`events_after`.
+        """
+        self._check_open()
+        if limit <= 0 or (kinds is not None and len(kinds) == 0):
+            return EVENTS_SCHEMA.empty_table()
+        where, params = self._event_filter(kinds, device, point, text, since_ns, until_ns, after_seq, max_seq,
+                                            max_priority)
+        params["limit"] = int(limit)
+        direction = "DESC" if newest_first else "ASC"
+        order = f"ts {direction}, seq {direction}" if by_time else f"seq {direction}"
+        with self._reader() as cur:
+            tbl = cur.sql(
+                "SELECT seq, ts, priority, kind, device, point, message, data FROM events "
+                f"WHERE {where} ORDER BY {order} LIMIT $limit",
+                params=params,
+            ).to_arrow_table()
+        return tbl.cast(EVENTS_SCHEMA)
+
+    def count_events(
+        self,
+        *,
+        kinds: Sequence[str] | None = None,
+        device: str | None = None,
+        point: str | None = None,
+        text: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        after_seq: int | None = None,
+        max_seq: int | None = None,
+        max_priority: int | None = None,
+    ) -> int:
+        """How many committed events match the filters of :meth:`query_events` (same meaning). Any thread
+        (blocks on DuckDB: call it off the event loop)."""
+        self._check_open()
+        if kinds is not None and len(kinds) == 0:
+            return 0
+        where, params = self._event_filter(kinds, device, point, text, since_ns, until_ns, after_seq, max_seq,
+                                            max_priority)
+        with self._reader() as cur:
+            row = cur.execute(f"SELECT count(*) FROM events WHERE {where}", params).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- audit log (operator panel, admin page) ------------------------------------------------------------------
+    def audit_log(
+        self,
+        *,
+        user: str = "",
+        action: str = "",
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        before_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Audit trail, newest first: events of kind ``audit`` (panel logins, user management, acknowledgements,
+        settings) and ``control`` (every select/operate/cancel and its outcome). Any thread.
+
+        Each row: seq, ts (ns), priority, kind, device, point, message, data (the event's JSON text), ``user``
+        (``data.user`` of an audit event, ``data.origin`` of a control event; "" when absent) and ``action``
+        (an audit event's action name, its point; ``control.select`` / ``control.operate`` / ``control.cancel``
+        for control events). Filters: ``user`` (case-insensitive substring), ``action`` (case-insensitive
+        prefix: "login" matches login and login.failed, "control" every control), ``start_ns <= ts < end_ns``,
+        ``seq < before_seq`` (paging: pass the last row's seq). At most ``limit`` rows.
+        """
+        self._check_open()
+        if limit <= 0:
+            return []
+        where = ["kind IN ('audit', 'control')"]
+        params: dict[str, object] = {"limit": int(limit)}
+        if before_seq is not None:
+            where.append("seq < $before")
+            params["before"] = int(before_seq)
+        if start_ns is not None:
+            where.append("ts >= $start")
+            params["start"] = int(start_ns)
+        if end_ns is not None:
+            where.append("ts < $end")
+            params["end"] = int(end_ns)
+        outer = []
+        if user:
+            outer.append("contains(lower(who), $user)")
+            params["user"] = user.lower()
+        if action:
+            outer.append("starts_with(lower(act), $action)")
+            params["action"] = action.lower()
+        sql = (
+            "WITH e AS (SELECT seq, ts, priority, kind, device, point, message, data, "
+            "coalesce(CASE WHEN NOT json_valid(data) THEN NULL WHEN kind = 'audit' "
+            "THEN json_extract_string(data, '$.user') ELSE json_extract_string(data, '$.origin') END, '') AS who, "
+            "CASE WHEN kind = 'audit' THEN coalesce(point, '') "
+            "ELSE 'control.' || split_part(split_part(coalesce(message, ''), ': ', 2), ' ', 1) END AS act "
+            f"FROM events WHERE {' AND '.join(where)}) "
+            f"SELECT seq, ts, priority, kind, device, point, message, data, who, act FROM e "
+            f"{'WHERE ' + ' AND '.join(outer) if outer else ''} ORDER BY seq DESC LIMIT $limit"
+        )
+        with self._reader() as cur:
+            rows = cur.execute(sql, params).fetchall()
+        keys = ("seq", "ts", "priority", "kind", "device", "point", "message", "data", "user", "action")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def _check_batch(batch: ReadingBatch) -> int:

@@ -56,7 +56,7 @@ class SecurityHeaders:
         self.headers = [
             (b"content-security-policy", _CSP.encode()),
             (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
+            (b"referrer-policy", b"same-origin"),  # no-referrer would make browsers send Origin: null
             (b"x-frame-options", b"DENY"),
         ]
         if tls:

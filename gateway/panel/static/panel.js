@@ -73,7 +73,8 @@ const Panel = (() => {
   function connect() {
     const q = new URLSearchParams();
     if (want.values) q.set("values", "1");
-    if (want.points) q.set("points", want.points.join(","));
+    if (want.points && want.points.length) q.set("points", want.points.join(","));
+    else if (want.points) q.delete("values");  // an empty selection: no values at all (not "every point")
     source = new EventSource("/api/stream?" + q.toString());
     const dot = document.getElementById("live-dot");
     source.onopen = () => { if (dot) { dot.className = "live on"; dot.title = "live updates: connected"; } };
