@@ -18,6 +18,7 @@ help:
 	@echo "make demo   - simulated IEDs + receiver + gateway + status page (Ctrl-C to stop)"
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make bench  - run the benchmarks (bench/)"
+	@echo "make wheelhouse PLATFORM=manylinux2014_aarch64 - wheels for an offline install (deploy/install.sh)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed, found " + sys.version' \

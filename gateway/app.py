@@ -236,9 +236,9 @@ class Gateway:
 
         Applied live: links (an unchanged link keeps its runner and its connection; a changed one is stopped and
         started again; added and removed ones start and stop), sinks (likewise, by name: a changed sink's
-        watermark is kept), panel bays and session timeouts, log levels. Everything else (gateway id, data_dir,
-        [storage], the panel's address and TLS, [protection], [analytics]) needs a restart: reported, and the
-        running value kept. Loop thread only; the caller validated ``new`` (load_config)."""
+        watermark is kept), panel bays and session timeouts (log settings: :func:`reload_from_file`). Everything
+        else (gateway id, data_dir, [storage], the panel's address and TLS, [protection], [analytics]) needs a
+        restart: reported, and the running value kept. Loop thread only; the caller validated ``new``."""
         from gateway.reload import plan_reload
 
         old = self.cfg
@@ -308,8 +308,6 @@ class Gateway:
             ctx.cfg = cfg.panel
             ctx.sessions.idle_s = cfg.panel.session_idle_min * 60.0
             ctx.sessions.max_s = cfg.panel.session_max_h * 3600.0
-        if plan.report.applied and any(k.startswith("log_") for k in plan.report.applied):
-            configure_logging(cfg.log_level, cfg.log_levels, cfg.log_format)
         return plan.report
 
     async def _start_panel(self) -> None:
@@ -606,6 +604,9 @@ async def reload_from_file(gw: Gateway, notify: Notifier) -> bool:
     report = await gw.reload(new)
     text = f"config reloaded from {path}: {report.summary()}"
     (log.warning if report.restart_needed else log.info)(text)
+    if any(k.startswith("log_") for k in report.applied):  # after the line above: it is logged at the old level
+        cfg = gw.cfg
+        configure_logging(cfg.log_level, cfg.log_levels, cfg.log_format)
     if gw.store is not None:
         ev = Event(ts=gw.wall_ns(), kind="audit", priority=0, device="gateway", point="config.reload", message=text,
                    data=json.dumps({"user": "", "action": "config.reload", "file": str(path),

@@ -202,6 +202,11 @@ def _devices(out: Exposition, devices: list[dict[str, Any]], now: int) -> None:
         out.add("gateway_device_last_poll_latency_seconds", "gauge",
                 "Duration of the latest poll / job, request to response (NaN: none yet).",
                 _num(d.get("last_latency_ms")) / 1e3, lb)  # fmt: skip
+        hist = d.get("latency_hist")
+        if isinstance(hist, dict):
+            out.histogram("gateway_device_poll_latency_seconds",
+                          "Request-to-answer time of every answered poll request (Modbus) or job (DNP3, IEC 61850).",
+                          hist["edges_s"], hist["counts"], hist["sum_s"], lb)  # fmt: skip
         out.add("gateway_device_poll_lateness_p99_seconds", "gauge",
                 "99th percentile of poll start lateness over the runner's last 1024 polls (NaN: none yet).",
                 _num(d.get("lateness_p99_ms")) / 1e3, lb)  # fmt: skip

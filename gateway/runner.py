@@ -58,6 +58,7 @@ from gateway.emit_buffer import (
     gap_reporter,
     old_data_quality,
 )
+from gateway.histogram import LatencyHistogram
 from gateway.model import Event, Q, ReadingBatch
 from protocols.modbus import (
     Q_NO_RESPONSE,
@@ -200,6 +201,7 @@ class _Device:
     probe_at: int = 0  # monotonic ns of the next probe while backed off
     last_good_ns: int = 0  # wall ns of the last successful response
     last_latency_ms: float = math.nan
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # every answered request (/metrics)
     polls: int = 0  # completed group polls and probes with at least one response
     errors: int = 0  # exception / malformed responses
     timeouts: int = 0  # requests without response
@@ -395,6 +397,7 @@ class LinkRunner(RunnerLoop):
                     "state": dev.state,
                     "last_good_ns": dev.last_good_ns,
                     "last_latency_ms": dev.last_latency_ms,
+                    "latency_hist": dev.latency.snapshot(),
                     "polls": dev.polls,
                     "errors": dev.errors,
                     "timeouts": dev.timeouts,
@@ -477,6 +480,7 @@ class LinkRunner(RunnerLoop):
             t1 = self._mono()
             answered = True
             dev.last_latency_ms = (t1 - t0) / 1e6
+            dev.latency.observe(t1 - t0)
             ts = self._wall()
             dev.last_good_ns = ts
             self._emit(g.good(s, e, values, ts, t1))
@@ -519,6 +523,7 @@ class LinkRunner(RunnerLoop):
             return
         t1 = self._mono()
         dev.last_latency_ms = (t1 - t0) / 1e6
+        dev.latency.observe(t1 - t0)
         ts = self._wall()
         dev.last_good_ns = ts
         self._emit(g.good(s, e, values, ts, t1))

@@ -54,6 +54,7 @@ from gateway.emit_buffer import (
     gap_reporter,
     old_data_quality,
 )
+from gateway.histogram import LatencyHistogram
 from gateway.model import Event, Q, ReadingBatch
 from protocols.session import (
     ControlRequest,
@@ -103,6 +104,7 @@ class _Counters:
     state: str = "starting"  # "starting", "ok", "disconnected"
     last_good_ns: int = 0  # wall ns of the last successful job, start or delivery
     last_latency_ms: float = math.nan  # duration of the last job
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # every completed job (/metrics)
     polls: int = 0  # jobs completed
     errors: int = 0  # jobs that failed with a DriverError (session kept)
     timeouts: int = 0  # sessions lost during a job, a start or idle
@@ -219,6 +221,7 @@ class SessionRunner(RunnerLoop):
                 "state": c.state,
                 "last_good_ns": c.last_good_ns,
                 "last_latency_ms": c.last_latency_ms,
+                "latency_hist": c.latency.snapshot(),
                 "polls": c.polls,
                 "errors": c.errors,
                 "timeouts": c.timeouts,
@@ -378,7 +381,9 @@ class SessionRunner(RunnerLoop):
             c.errors += 1
             log.info("link %s: job %s failed: %s", self.link.name, job.name, exc)
             return
-        c.last_latency_ms = (self._mono() - t0) / 1e6
+        took = self._mono() - t0
+        c.last_latency_ms = took / 1e6
+        c.latency.observe(took)
         c.polls += 1
         c.last_good_ns = self._wall()
 

@@ -18,6 +18,7 @@ from cloud_sync.receiver.app import build_app
 from cloud_sync.receiver.server import ReceiverServer
 from gateway.app import Gateway
 from gateway.config import DeviceConfig, GatewayConfig, LinkConfig, PanelConfig, PointConfig, SinkConfig
+from gateway.histogram import LatencyHistogram
 from gateway.metrics import CONTENT_TYPE, Exposition, collect
 from gateway.panel.app import build_panel_app
 from hil_tests.modbus_sim import SimServer, SimUnit
@@ -130,6 +131,9 @@ async def test_metrics_of_a_running_gateway(tmp_path: Path) -> None:
         assert value(f, "gateway_device_up", device=d) == 1
         assert 0 <= value(f, "gateway_device_last_good_poll_age_seconds", device=d) < float("inf")
         assert value(f, "gateway_device_last_poll_latency_seconds", device=d) >= 0
+        count = [s.value for s in samples(f, "gateway_device_poll_latency_seconds")
+                 if s.name.endswith("_count") and s.labels["device"] == d]  # fmt: skip
+        assert count and count[0] >= value(f, "gateway_device_polls_total", device=d)  # every answered request
     assert value(f, "gateway_store_commits") >= 1
     assert value(f, "gateway_store_budget_bytes") > 0
     assert value(f, "gateway_store_queue_capacity_rows") > 0
@@ -174,10 +178,13 @@ class FakeGateway:
         dev = {"link": "l", "state": "ok", "last_good_ns": self.now - 10**9, "last_latency_ms": 2.5, "polls": 5,
                "errors": 1, "timeouts": 1, "reconnects": 0, "missed_slots": 0, "lateness_p99_ms": 0.5}
         mqtt = {"name": "mqtt", "messages": 4, "readings": 6, "inbox": 0, "quarantine": {"bad-json": 2}}
+        hist = LatencyHistogram()
+        for ns in (800_000, 2_000_000, 2_000_000, 7_000_000_000):  # 0.8 ms, 2 ms twice, 7 s (above every bucket)
+            hist.observe(ns)
         return {
             "gateway_id": "gw", "started_ns": self.now - 10**10, "now_ns": self.now, "emit_backpressure": 0,
             "devices": [
-                {**dev, "device": "d1", "protocol": {"name": "modbus_tcp"}},
+                {**dev, "device": "d1", "protocol": {"name": "modbus_tcp"}, "latency_hist": hist.snapshot()},
                 {**dev, "device": "s1", "link": "m", "protocol": mqtt},
                 {**dev, "device": "s2", "link": "m", "state": "disconnected", "last_good_ns": 0,
                  "last_latency_ms": float("nan"), "protocol": mqtt},
@@ -242,6 +249,15 @@ def test_protection_lateness_histogram_counts_every_cycle() -> None:
     assert value(f, "gateway_device_up", device="s2") == 0
     assert value(f, "gateway_sync_last_ack_age_seconds", sink="cloud") == float("inf")
     assert value(f, "gateway_sync_state", sink="cloud", state="retrying") == 1
+    # per-device poll latency: cumulative buckets, +Inf = count, sum in seconds
+    lat = {(s.name, s.labels.get("le")): s.value for s in f["gateway_device_poll_latency_seconds"].samples
+           if s.labels["device"] == "d1"}  # fmt: skip
+    assert lat[("gateway_device_poll_latency_seconds_bucket", "0.001")] == 1
+    assert lat[("gateway_device_poll_latency_seconds_bucket", "0.0025")] == 3
+    assert lat[("gateway_device_poll_latency_seconds_bucket", "5")] == 3
+    assert lat[("gateway_device_poll_latency_seconds_bucket", "+Inf")] == 4
+    assert lat[("gateway_device_poll_latency_seconds_count", None)] == 4
+    assert lat[("gateway_device_poll_latency_seconds_sum", None)] == 7.0048
 
 
 def test_exposition_escapes_and_formats() -> None:
