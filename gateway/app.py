@@ -1,4 +1,4 @@
-"""The gateway daemon: wires config → store → link runners → uploaders → status page, and stops them cleanly.
+"""The gateway daemon: wires config → store → link runners → uploaders → operator panel, and stops them cleanly.
 
 Start order is sinks first, sources last (store, protection supervisor, uploaders, panel, then runners); stop is
 the reverse, so every reading a runner emitted and every protection event is in the store before it closes.
@@ -538,7 +538,7 @@ class Gateway:
         return out
 
     def status(self) -> dict[str, Any]:
-        """Snapshot for the status page and ``/api/status`` (JSON-serialisable)."""
+        """Snapshot for the panel and ``/api/status`` (JSON-serialisable)."""
         store_stats: dict[str, Any] = dict(self.store.stats()) if self.store is not None else {}
         return {
             "gateway_id": self.cfg.id,
@@ -641,7 +641,7 @@ async def run_gateway(
     try:
         await gw.start()
     except BindError as e:
-        log.error("cannot start the status page: %s (change [panel] port in %s)", e, cfg.source or "the config")
+        log.error("cannot start the panel: %s (change [panel] port in %s)", e, cfg.source or "the config")
         await gw.stop()
         return 4
     except (StoreError, OSError) as e:
@@ -653,7 +653,7 @@ async def run_gateway(
             pinger.cancel()
             await asyncio.wait([pinger])
     if gw.panel is not None:
-        log.info("status page: %s/", gw.panel.url)
+        log.info("operator panel: %s/", gw.panel.url)
     tick_s = min(0.5, notify.watchdog_interval_s or 0.5)
     ready = False
     dead: str | None = None  # the component found not alive (pings stopped for good)

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulated IEDs + receiver + gateway with the shipped demo config")
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), help="where the demo keeps its files")
-    d.add_argument("--panel-port", type=int, default=8080, help="status page port (default 8080)")
+    d.add_argument("--panel-port", type=int, default=8080, help="operator panel port (default 8080)")
     d.add_argument("--receiver-port", type=int, default=8081, help="receiver port (default 8081)")
     d.add_argument("--modbus-port", type=int, default=15020, help="first simulated IED port (default 15020)")
     d.add_argument(

@@ -118,7 +118,7 @@ class DeviceConfig:
     points: tuple[PointConfig, ...] = ()  # the device's points (or from its template)
     dnp3: Dnp3Settings = field(default_factory=Dnp3Settings)  # protocol dnp3_tcp only
     iec61850: Iec61850Settings = field(default_factory=Iec61850Settings)  # protocol iec61850 only
-    # where the device is (e.g. site, zone, lat, lon; free keys, text values): shown on the status page and in
+    # where the device is (e.g. site, zone, lat, lon; free keys, text values): shown on the panel and in
     # /api/status; MQTT sensors get it from their topic's location / locations tables
     location: dict[str, str] = field(default_factory=dict)
 

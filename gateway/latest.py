@@ -1,6 +1,6 @@
 """Latest value of every point, kept in numpy arrays indexed by point id (no object per point).
 
-Written by the event-loop thread (runners' emit); read by the status page on the same thread. Not thread-safe.
+Written by the event-loop thread (runners' emit); read by the panel on the same thread. Not thread-safe.
 """
 
 from __future__ import annotations

@@ -386,7 +386,7 @@ class LinkRunner(RunnerLoop):
         return ControlResult(ControlStatus.SUCCESS)
 
     def status(self) -> list[dict[str, Any]]:
-        """One dict per device for the status page and metrics (see module docstring for the fields)."""
+        """One dict per device for the panel and metrics (see module docstring for the fields)."""
         out: list[dict[str, Any]] = []
         for dev in self._devices.values():
             lat = np.fromiter(dev.lateness, dtype=np.int64, count=len(dev.lateness))
