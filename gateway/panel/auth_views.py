@@ -135,6 +135,7 @@ def routes(ctx: PanelContext) -> list[Route]:
         result = await ctx.sessions.login(name, pw, client)
         resp = RedirectResponse("/", status_code=303)
         if result.session is not None:
+            await ctx.audit(name, "login", "logged in as admin (first-admin setup)", client=client)
             set_session_cookie(resp, ctx, result.session)
         return resp
 

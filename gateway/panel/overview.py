@@ -82,7 +82,9 @@ def breaker_state(r: dict[str, Any], closed_value: float) -> str:
     return "OPEN"
 
 
-BREAKER_CLASS = {"CLOSED": "ok", "OPEN": "warn", "INTERMEDIATE": "bad", "unknown": "muted"}
+# Utility convention, as on the Controls page: red = closed (energised), green = open; a state read with a
+# quality other than good is muted (it may be stale), and the words always say which it is.
+BREAKER_CLASS = {"CLOSED": "bad", "OPEN": "ok", "INTERMEDIATE": "warn", "unknown": "muted"}
 
 
 def protection_summary(gw: Gateway) -> dict[str, Any] | None:
@@ -268,9 +270,10 @@ def _tile_html(t: dict[str, Any]) -> str:
     if b is not None:
         st = b["state"]
         q = "" if b["validity"] in ("good", "none") else f" <span class='muted'>({esc(b['quality_text'])})</span>"
+        pill = "muted" if q else BREAKER_CLASS.get(st, "muted")  # not good quality: maybe stale, not coloured
         parts.append(
             f"<p class='breaker' data-pid='{b['id'] if b['id'] is not None else ''}' "
-            f"data-closed='{b['closed_value']}'>breaker <span class='pill {BREAKER_CLASS.get(st, 'muted')} state' "
+            f"data-closed='{b['closed_value']}'>breaker <span class='pill {pill} state' "
             f"data-f='breaker'>{esc(st)}</span><span data-f='bq'>{q}</span></p>")
     if t["measurements"]:
         parts.append("<table class='meas'>" + "".join(_measure_row(m) for m in t["measurements"]) + "</table>")

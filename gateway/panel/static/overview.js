@@ -10,7 +10,8 @@
   const qtext = new Map();
 
   const VALIDITY = { 0: "good", 1: "invalid", 2: "reserved", 3: "questionable" };
-  const BREAKER_CLASS = { CLOSED: "ok", OPEN: "warn", INTERMEDIATE: "bad", unknown: "muted" };
+  // red = closed (energised), green = open, as on the Controls page; not-good quality: muted (maybe stale)
+  const BREAKER_CLASS = { CLOSED: "bad", OPEN: "ok", INTERMEDIATE: "warn", unknown: "muted" };
   const PROT_CLASS = { "armed": "ok", "picked up": "warn", "TRIPPED": "bad" };
 
   function validity(q, ts) { return ts ? VALIDITY[q & 3] : "none"; }
@@ -45,7 +46,8 @@
         const st = breakerState(v, valid, Number(el.dataset.closed));
         const pill = el.querySelector("[data-f=breaker]");
         pill.textContent = st;
-        pill.className = "pill state " + (BREAKER_CLASS[st] || "muted");
+        const stale = !(valid === "good" || valid === "none");
+        pill.className = "pill state " + (stale ? "muted" : (BREAKER_CLASS[st] || "muted"));
         const bq = el.querySelector("[data-f=bq]");
         bq.textContent = (valid === "good" || valid === "none") ? "" : " (" + qualityText(q, ts) + ")";
         bq.className = "muted";

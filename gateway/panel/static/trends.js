@@ -44,8 +44,11 @@
       for (const p of selected) {
         const chip = document.createElement("span");
         chip.className = "pill muted chip"; chip.dataset.point = p;
-        chip.style.marginRight = ".3rem"; chip.style.borderLeft = `4px solid ${colorOf(p)}`;
-        chip.append(document.createTextNode(p + " "));
+        chip.style.marginRight = ".3rem";
+        const dot = document.createElement("span");  // the line's colour in the chart
+        Object.assign(dot.style, { display: "inline-block", width: ".6rem", height: ".6rem", borderRadius: "50%",
+          background: colorOf(p), marginRight: ".35rem", verticalAlign: "middle" });
+        chip.append(dot, document.createTextNode(p + " "));
         const x = document.createElement("button");
         x.type = "button"; x.textContent = "×"; x.title = `remove ${p}`; x.setAttribute("aria-label", `remove ${p}`);
         Object.assign(x.style, { border: "none", background: "none", padding: "0 .2rem", cursor: "pointer" });
