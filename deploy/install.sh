@@ -8,7 +8,8 @@
 #   /opt/gateway/venv                     the gateway and its Python dependencies (python -m venv + pip)
 #   /opt/gateway/docs, /opt/gateway/{install.sh,uninstall}   the docs the unit links to; this script, to uninstall
 #   /usr/local/bin/gateway                a link to the venv's `gateway` command
-#   /etc/systemd/system/gateway.service   the unit; /usr/lib/sysusers.d/gateway.conf, /usr/lib/tmpfiles.d/gateway.conf
+#   /etc/systemd/system/gateway.service   the unit, and gateway-firstboot.service (the provisioning oneshot);
+#                                         /usr/lib/sysusers.d/gateway.conf, /usr/lib/tmpfiles.d/gateway.conf
 #   /etc/gateway/gateway.toml             the config: a default one is written ONLY when there is none
 #   /var/lib/gateway                      data (store, panel users and certificate)
 #
@@ -91,6 +92,7 @@ ETC=$ROOT/etc/gateway
 CONFIG=$ETC/gateway.toml
 DATA=$ROOT/var/lib/gateway
 UNIT=$ROOT/etc/systemd/system/gateway.service
+FIRSTBOOT_UNIT=$ROOT/etc/systemd/system/gateway-firstboot.service   # pulled in by gateway.service (Wants=)
 SYSUSERS=$ROOT/usr/lib/sysusers.d/gateway.conf
 TMPFILES=$ROOT/usr/lib/tmpfiles.d/gateway.conf
 LINK=$ROOT/usr/local/bin/gateway
@@ -116,7 +118,7 @@ if [ "$UNINSTALL" = 1 ]; then
     fi
     say "removing $OPT and the unit files"
     rm -rf "$OPT"
-    rm -f "$UNIT" "$SYSUSERS" "$TMPFILES"
+    rm -f "$UNIT" "$FIRSTBOOT_UNIT" "$SYSUSERS" "$TMPFILES"
     if [ "$SYSTEMD_UP" = 1 ]; then
         systemctl daemon-reload
     fi
@@ -131,7 +133,7 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 # --- install: checks ---------------------------------------------------------------------------------------------
-for f in gateway.service gateway.sysusers.conf gateway.tmpfiles.conf; do
+for f in gateway.service gateway-firstboot.service gateway.sysusers.conf gateway.tmpfiles.conf; do
     [ -f "$SRC/deploy/systemd/$f" ] || die "$SRC/deploy/systemd/$f is missing: run this script from a source tree"
 done
 
@@ -191,6 +193,7 @@ say "installing the unit files"
 install_conf "$SRC/deploy/systemd/gateway.sysusers.conf" "$SYSUSERS"
 install_conf "$SRC/deploy/systemd/gateway.tmpfiles.conf" "$TMPFILES"
 install_conf "$SRC/deploy/systemd/gateway.service" "$UNIT"
+install_conf "$SRC/deploy/systemd/gateway-firstboot.service" "$FIRSTBOOT_UNIT"   # docs/field-guide.md#first-boot
 
 OWNED=0   # whether the gateway user exists, so that files can be handed to it
 if [ "$LIVE" = 1 ]; then

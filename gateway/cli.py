@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.commission.cli import add_commands as add_commission_commands
 
     add_commission_commands(sub)
+    from cloud_sync.receiver.server import build_enrol_token_parser
+
+    ret = sub.add_parser("receiver-enrol-token",
+                         help="mint a one-time enrolment token for a gateway's first boot (stores only its hash)")
+    build_enrol_token_parser(ret)
+    from gateway.provision.cli import add_commands as add_provision_commands
+
+    add_provision_commands(sub)
     return p
 
 
@@ -158,6 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cloud_sync.receiver.server import mint_from_args
 
             return mint_from_args(args)
+        if args.command == "receiver-enrol-token":
+            from cloud_sync.receiver.server import mint_enrol_from_args
+
+            return mint_enrol_from_args(args)
+        if args.command == "provision":
+            from gateway.provision.cli import run as run_provision
+
+            return run_provision(args)
         if args.command == "user":
             from gateway.panel.cli import run_user
 

@@ -1,4 +1,6 @@
-"""The receiver's ASGI app (Starlette): ``POST /v1/batches``, stats, health and the OpenAPI document.
+"""The receiver's ASGI app (Starlette): ``POST /v1/batches``, stats, health, the OpenAPI document, and
+``POST /v1/enrol`` (a gateway's first boot: a one-time enrolment token and a CSR in, a client certificate out;
+:mod:`cloud_sync.receiver.enrol`).
 
 The contract (headers, payload, responses, idempotency, limits) is documented in ``docs/ingestion.md`` and in
 :data:`OPENAPI`; keep the three consistent.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -33,6 +36,7 @@ from starlette.routing import Route
 from cloud_sync.codec import CONTENT_TYPE, FORMAT, DecodedBatch, decode_batch, peek_gateway_id
 from cloud_sync.errors import BackendError, CodecError, PayloadTooLarge, SchemaMismatch
 from cloud_sync.receiver.backends import Backend
+from cloud_sync.receiver.enrol import Enrolment, EnrolmentError
 from cloud_sync.receiver.tokens import TokenTable
 from cloud_sync.receiver.validate import REASONS, split_rows
 
@@ -89,11 +93,14 @@ def build_app(
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
     *,
     clock_ns: Callable[[], int] = time.time_ns,
+    enrolment: Enrolment | None = None,
 ) -> Starlette:
     """The receiver app. ``tokens`` maps gateway id → bearer token, plain or ``sha256:<hex>`` (hashed and
     copied), or is a :class:`TokenTable`. The app owns ``backend``: it is
     closed when the app's lifespan ends (servers run the lifespan; test transports may not, so close the
-    backend yourself there). ``clock_ns`` (UTC epoch ns) bounds acceptable timestamps.
+    backend yourself there). ``clock_ns`` (UTC epoch ns) bounds acceptable timestamps. ``enrolment``: the
+    enrolment tokens and CA of ``POST /v1/enrol`` (:mod:`cloud_sync.receiver.enrol`); without a CA that route
+    answers 503.
     """
     table = tokens if isinstance(tokens, TokenTable) else TokenTable(tokens)
 
@@ -175,6 +182,46 @@ def build_app(
             return _error(503, "unavailable", "database error; retry later", {"Retry-After": "1"})
         return JSONResponse({"gateway_id": gateway_id, **stats})
 
+    async def enrol(request: Request) -> Response:
+        # 401 no/unknown token, 403 token of another gateway, 409 token used, 400 malformed, 422 CSR refused,
+        # 503 no CA configured; 200 {"gateway_id", "cert_pem", "ca_pem"}.
+        token = _bearer(request)
+        if token is None:
+            return _error(401, "unauthenticated", "missing enrolment token", {"WWW-Authenticate": "Bearer"})
+        if enrolment is None or enrolment.ca is None:
+            return _error(503, "unavailable", "enrolment is not configured on this receiver (start it with "
+                          "--ca-cert and --ca-key)")
+        ca = enrolment.ca
+        try:
+            body = await _read_body(request, 64 * 1024)
+        except CodecError as e:
+            return _codec_error(e)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return _error(400, "malformed", "expected a JSON object {gateway_id, csr_pem}")
+        gateway_id, csr_pem = (doc.get("gateway_id"), doc.get("csr_pem")) if isinstance(doc, dict) else (None, None)
+        if not isinstance(gateway_id, str) or not gateway_id or not isinstance(csr_pem, str):
+            return _error(400, "malformed", "expected a JSON object {gateway_id, csr_pem} of strings")
+        state = await asyncio.to_thread(enrolment.tokens.check, gateway_id, token)
+        if state == "unknown":
+            return _error(401, "unauthenticated", "unknown enrolment token", {"WWW-Authenticate": "Bearer"})
+        if state == "wrong-gateway":
+            return _error(403, "forbidden", f"enrolment token is not valid for gateway {gateway_id!r}")
+        if state == "used":
+            return _error(409, "conflict", "enrolment token was used already: mint a new one "
+                          "(gateway receiver-enrol-token)")
+        try:
+            csr = await asyncio.to_thread(ca.check_csr, csr_pem, gateway_id)
+        except EnrolmentError as e:
+            return _error(422, "unprocessable", str(e))
+        state = await asyncio.to_thread(enrolment.tokens.consume, gateway_id, token)
+        if state != "ok":  # another request used it in between
+            return _error(409, "conflict", "enrolment token was used already")
+        cert_pem = await asyncio.to_thread(ca.sign, csr, gateway_id)
+        log.info("enrolled gateway %s: issued a client certificate", gateway_id)
+        return JSONResponse({"gateway_id": gateway_id, "cert_pem": cert_pem, "ca_pem": ca.ca_pem})
+
     async def healthz(request: Request) -> Response:
         try:
             await backend.ping()
@@ -199,6 +246,7 @@ def build_app(
         routes=[
             Route("/v1/batches", post_batch, methods=["POST"]),
             Route("/v1/gateways/{gateway_id}/stats", gateway_stats, methods=["GET"]),
+            Route("/v1/enrol", enrol, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
@@ -243,6 +291,7 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
                                 "malformed",
                                 "unprocessable",
                                 "unavailable",
+                                "conflict",
                             ],
                         },
                         "message": {"type": "string"},
@@ -293,6 +342,28 @@ def openapi_document(max_body_bytes: int, max_decompressed_bytes: int) -> dict[s
         },
         "security": [{"bearer": []}],
         "paths": {
+            "/v1/enrol": {
+                "post": {
+                    "summary": "Enrol a gateway: sign its CSR with the receiver's CA (one-time enrolment token)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["gateway_id", "csr_pem"],
+                        "properties": {"gateway_id": {"type": "string"},
+                                       "csr_pem": {"type": "string", "description": "PEM CSR, CN = gateway_id"}},
+                    }}}},
+                    "responses": {
+                        "200": {"description": "The signed client certificate and the CA chain.", "content": {
+                            "application/json": {"schema": {"type": "object", "required": ["cert_pem", "ca_pem"],
+                                                            "properties": {"cert_pem": {"type": "string"},
+                                                                           "ca_pem": {"type": "string"}}}}}},
+                        "400": err("The body is not a JSON object with gateway_id and csr_pem."),
+                        "401": err("Missing or unknown enrolment token."),
+                        "403": err("The enrolment token was minted for another gateway."),
+                        "409": err("The enrolment token was used already."),
+                        "422": err("The CSR is refused: bad signature, CN is not the gateway id, weak key."),
+                        "503": err("Enrolment is not configured on this receiver (no CA)."),
+                    },
+                }
+            },
             "/v1/batches": {
                 "post": {
                     "summary": "Upload one batch of readings and events (exactly-once by (gateway_id, seq)).",

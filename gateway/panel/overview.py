@@ -30,6 +30,7 @@ from gateway.panel.layout import esc, render_page
 from gateway.panel.points import QUALITY_BITS, quality_text, validity_class, validity_of
 from gateway.panel.roles import Role
 from gateway.panel.routing import Call, PanelRoute
+from gateway.provision.status import provision_status
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -335,16 +336,30 @@ ul.plain{list-style:none;margin:0;padding:0}
 </style>"""
 
 
+def _provision_html(p: dict[str, Any] | None) -> str:
+    """A rejected (or refused) provisioning file: what the technician must fix, on the first page they see."""
+    if p is None:
+        return ""
+    items = "".join(f"<li>{esc(x)}</li>" for x in p.get("problems", []))
+    return (f"<section class='card' role='alert'><h2 class='bad'>Provisioning: {esc(p.get('state', ''))}</h2>"
+            f"<p>{esc(p.get('message', ''))} <span class='muted'>({esc(p.get('at', ''))})</span></p>"
+            f"<ul>{items}</ul><p class='muted'>Fix the file and put it on the boot partition again, or edit the "
+            "config and <code>systemctl reload gateway</code> (docs/field-guide.md).</p></section>")
+
+
 async def overview(call: Call) -> Response:
     gw = call.ctx.gw
     can_operate = call.can(Role.OPERATOR)
     tile_list = tiles(gw, can_operate)
     strip = await summary(call.ctx)
+    provision = await asyncio.to_thread(provision_status, gw.cfg.data_dir)
+    if provision is not None and provision.get("ok"):
+        provision = None  # only a problem is worth a banner
     if call.wants_json():
         return call.json({"now_ns": gw.wall_ns(), "tiles": tile_list, "summary": strip,
-                          "bays_configured": bool(gw.cfg.panel.bays)})
+                          "bays_configured": bool(gw.cfg.panel.bays), "provisioning_problem": provision})
     tiles_html = "".join(_tile_html(t) for t in tile_list) or "<p class='muted'>No devices configured.</p>"
-    body = f"{_STYLE}{_strip_html(strip)}<div class='grid' id='tiles'>{tiles_html}</div>"
+    body = f"{_STYLE}{_provision_html(provision)}{_strip_html(strip)}<div class='grid' id='tiles'>{tiles_html}</div>"
     ids = sorted({int(m["id"]) for t in tile_list for m in [*t["measurements"], t["breaker"] or {}]
                   if m.get("id") is not None})
     return render_page(call, "Overview", body, data={"point_ids": ids, "quality_bits": QUALITY_BITS},

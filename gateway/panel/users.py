@@ -478,6 +478,40 @@ class UserStore:
             del data["setup_tokens"][i]
             return True
 
+    def add_hashed(self, name: str, encoded: str, role: Role, *, replace: bool = False) -> User:
+        """An account with an existing ``scrypt$N$r$p$salt$hash`` password hash (first-boot provisioning: the
+        password itself never reaches the gateway). UserError for a bad name or a hash :func:`check_password_hash`
+        cannot use, or a taken name unless ``replace``: then that account gets the hash and ``role`` and is enabled
+        (its sessions end, as after a password change). Adding or making an admin clears the setup tokens."""
+        check_name(name)
+        if _parse_hash(encoded) is None:
+            raise UserError("not a usable password hash: expected scrypt$N$r$p$<salt base64>$<hash base64>")
+        role = Role(role)
+        with self._change() as data:
+            existing = next((n for n in data["users"] if n.casefold() == name.casefold()), None)
+            if existing is None or not replace:
+                return self._add_locked(data, name, encoded, role)  # UserError when the name is taken
+            rec = data["users"][existing]
+            rec.update(role=role.label, disabled=False, hash=encoded, password_changed_ns=self._now_ns())
+            if role == Role.ADMIN:
+                data["setup_tokens"] = []
+            return self._user(existing, rec)
+
+    def add_setup_token(self, token: str, ttl_s: float = 86400.0) -> None:
+        """Install a setup token chosen elsewhere (first-boot provisioning), valid ``ttl_s`` seconds; only its hash
+        is stored. UserError when an admin exists already or ``ttl_s`` is not positive."""
+        if not ttl_s > 0:
+            raise UserError("the setup token's lifetime must be positive")
+        h = _token_hash(token)
+        with self._change() as data:
+            if self._enabled_admins(data):
+                raise UserError("an admin exists already: setup tokens only create the first admin "
+                                "(an admin adds users on the panel or with `gateway user add`)")
+            now = self.clock()
+            data["setup_tokens"] = [t for t in data["setup_tokens"]
+                                    if float(t.get("expires", 0)) > now and t.get("hash") != h]
+            data["setup_tokens"].append({"hash": h, "expires": now + float(ttl_s)})
+
     def create_first_admin(self, token: str, name: str, password: str) -> User:
         """Check the setup token, the name and the password, then (atomically) add the admin and use up the
         token (with every other setup token). UserError when the token is not valid (or an admin exists) or the

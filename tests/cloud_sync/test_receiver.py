@@ -191,6 +191,7 @@ async def test_health_and_openapi(client: httpx.AsyncClient, backend: Backend) -
     doc = (await client.get("/openapi.json")).json()
     assert doc == openapi_document(MAX_BODY, MAX_DECOMPRESSED)
     assert set(doc["paths"]) == {
+        "/v1/enrol",
         "/v1/batches",
         "/v1/gateways/{gateway_id}/stats",
         "/healthz",

@@ -138,6 +138,9 @@ def test_the_install_puts_everything_where_the_unit_expects_it(prefix: Path) -> 
     assert unit == original.replace("/opt/gateway", f"{prefix}/opt/gateway").replace(
         "/etc/gateway", f"{prefix}/etc/gateway").replace("/var/lib/gateway", f"{prefix}/var/lib/gateway")  # fmt: skip
     assert f"ExecStart={venv}/bin/gateway run -c {prefix}/etc/gateway/gateway.toml" in unit
+    firstboot = (prefix / "etc/systemd/system/gateway-firstboot.service").read_text()  # first-boot provisioning
+    assert f"ExecStart={venv}/bin/gateway provision" in firstboot and "Wants=network-online.target gateway-firstboot" \
+        in unit
     assert (prefix / "usr/lib/sysusers.d/gateway.conf").is_file()
     assert (prefix / "usr/lib/tmpfiles.d/gateway.conf").is_file()
     assert os.readlink(prefix / "usr/local/bin/gateway") == str(venv / "bin/gateway")
@@ -281,7 +284,8 @@ def test_a_second_install_changes_nothing_and_uninstall_keeps_config_and_data(pr
     # uninstall (the copy the installer left in /opt/gateway): the venv and unit files go, config and data stay
     res = _run(["bash", str(prefix / "opt/gateway/uninstall"), "--prefix", str(prefix), "--no-systemd"])
     assert res.returncode == 0, res.stderr
-    for gone in ("opt/gateway", "etc/systemd/system/gateway.service", "usr/lib/sysusers.d/gateway.conf",
+    for gone in ("opt/gateway", "etc/systemd/system/gateway.service", "etc/systemd/system/gateway-firstboot.service",
+                 "usr/lib/sysusers.d/gateway.conf",
                  "usr/lib/tmpfiles.d/gateway.conf", "usr/local/bin/gateway"):  # fmt: skip
         assert not os.path.lexists(prefix / gone), gone
     assert config.read_text() == edited

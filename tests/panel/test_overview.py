@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from gateway.panel.roles import Role
 from tests.panel.conftest import PanelRig
@@ -104,3 +105,22 @@ async def test_anonymous_is_sent_to_login(panel: PanelRig) -> None:
     assert (await anon.get("/api/overview")).status_code == 401
     assert (await anon.get("/points?format=json")).status_code == 401
     assert (await anon.get("/api/stream")).status_code == 401
+
+
+async def test_a_rejected_provisioning_file_is_shown_on_the_overview(panel: PanelRig) -> None:
+    """A bad provisioning file leaves the gateway up; the overview says what to fix (the journal does too)."""
+    from gateway.provision.status import write_status
+
+    client, _ = await panel.client(Role.VIEWER)
+    assert "Provisioning" not in (await client.get("/")).text
+    problem = "/boot/firmware/gateway.toml: sinks[cloud].urll (device -): unknown key; did you mean 'url'?"
+    write_status(panel.gw.cfg.data_dir, ok=False, state="rejected", file=Path("/boot/firmware/gateway.toml"),
+                 message="provisioning file rejected: 1 problem(s); the previous config is unchanged",
+                 problems=[problem])
+    page = (await client.get("/")).text
+    assert "Provisioning: rejected" in page and "did you mean &#x27;url&#x27;?" in page
+    data = (await client.get("/api/overview")).json()
+    assert data["provisioning_problem"]["problems"] == [problem]
+    write_status(panel.gw.cfg.data_dir, ok=True, state="provisioned", file=Path("/boot/firmware/gateway.toml"),
+                 message="provisioned", problems=[])
+    assert (await client.get("/api/overview")).json()["provisioning_problem"] is None
