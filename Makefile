@@ -15,9 +15,10 @@ SYSTEM_PACKAGES_TEST := socat mosquitto chromium
 .PHONY: demo test lint typecheck unit bench clean venv system-deps services help
 
 help:
-	@echo "make demo   - simulated IEDs + receiver + gateway + status page (Ctrl-C to stop)"
+	@echo "make demo   - simulated IEDs + receiver + gateway + operator panel (Ctrl-C to stop)"
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make bench  - run the benchmarks (bench/)"
+	@echo "make hil    - run every HIL scenario (hil_tests/scenarios) with JUnit + HTML in test-output/hil"
 	@echo "make wheelhouse PLATFORM=manylinux2014_aarch64 - wheels for an offline install (deploy/install.sh)"
 
 $(BIN)/python:
@@ -84,6 +85,11 @@ bench: $(TEST_STAMP) system-deps services
 	$(BIN)/python -m bench.outage
 	$(BIN)/python -m bench.analytics
 	$(BIN)/python -m bench.protection
+
+# HIL scenarios (docs/hil.md): every scenario of hil_tests/scenarios against the simulated substation.
+.PHONY: hil
+hil: $(TEST_STAMP) system-deps services
+	$(BIN)/python -m hil_tests run --junit test-output/hil/junit.xml --report test-output/hil hil_tests/scenarios/*.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-data *.egg-info

@@ -47,6 +47,25 @@ class DemoIed61850:
     def stop(self) -> None:
         self.server.stop()
 
+    def halt(self) -> None:
+        """Stop serving but keep the server and its model (a device restart): every association drops and the
+        port closes; :meth:`resume` listens again. Uses the server's own stop/start (as its drop_connections)."""
+        import pyiec61850.iec61850 as lib
+
+        s = self.server
+        with s._lock:
+            lib.IedServer_stop(s._server)
+
+    def resume(self) -> None:
+        """Listen again after :meth:`halt`."""
+        import pyiec61850.iec61850 as lib
+
+        s = self.server
+        with s._lock:
+            lib.IedServer_start(s._server, s.port)
+            if not lib.IedServer_isRunning(s._server):
+                raise OSError(f"IEC 61850 IED could not listen again on port {s.port}")
+
     def tick(self, wall_s: float) -> None:
         """Apply the controls that arrived, publish the model's values (a report goes out when they change)."""
         s, m = self.server, self.model

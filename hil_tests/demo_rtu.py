@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from dnp3.core.enums import ControlCode, OperationType, TripCloseCode
 from dnp3.core.flags import AnalogQuality, BinaryQuality, CounterQuality
@@ -84,6 +86,8 @@ class _BreakerCommands(DefaultCommandHandler):
         if refused is not None:
             return refused
         self.rtu.pending.append(index)  # applied by the next tick, on the loop
+        if self.rtu.on_command is not None:
+            self.rtu.on_command(index)
         return CommandResult.success()
 
 
@@ -93,6 +97,10 @@ class DemoRtu:
     def __init__(self, port: int, host: str = "127.0.0.1", seed: int = 4) -> None:
         self.model = FeederModel(seed=seed, peak_load_a=280.0)
         self.pending: list[int] = []  # CROB indexes to apply at the next tick
+        # Called on the loop when an operate (or direct operate) of binary output 0/1 was accepted, right after
+        # it was queued (e.g. a rig noting when the trip command arrived).
+        self.on_command: Callable[[int], None] | None = None
+        self.clock_offset_s = 0.0  # added to the RTU's own clock (its event timestamps): a device clock jump
         db = Database()
         for i, (_, raw_per_unit, deadband) in enumerate(ANALOGS):
             db.add_analog_input(
@@ -131,6 +139,8 @@ class DemoRtu:
         v = m.step(wall_s)
         db = self.outstation.database
         now = DNP3Timestamp.now()
+        if self.clock_offset_s:
+            now = DNP3Timestamp.from_datetime(datetime.now(UTC) + timedelta(seconds=self.clock_offset_s))
         for i, (name, raw_per_unit, _) in enumerate(ANALOGS):
             db.update_analog_input(i, round(v[name] * raw_per_unit), AnalogQuality.ONLINE, now)
         db.update_binary_input(0, bool(v["breaker_closed"]), BinaryQuality.ONLINE, now)

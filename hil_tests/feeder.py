@@ -102,3 +102,26 @@ def encode_input_registers(v: dict[str, float]) -> list[int]:
     words.extend(struct.unpack(">H", struct.pack(">h", round(v["temp"] * 10))))
     assert len(words) == INPUT_REGISTERS
     return words
+
+
+@dataclass(frozen=True)
+class FrequencyProfile:
+    """A system-frequency override shared by every simulated device: a step to ``target_hz`` (``rocof_hz_per_s``
+    0) or a linear ramp from ``start_hz`` at ``start_ns`` (``time.monotonic_ns()``, system-wide on Linux, so two
+    processes holding the same profile show the same frequency at the same instant) towards ``target_hz`` at
+    ``rocof_hz_per_s`` (magnitude; the sign follows the direction), holding ``target_hz`` once reached."""
+
+    start_hz: float
+    start_ns: int
+    target_hz: float
+    rocof_hz_per_s: float = 0.0
+
+    def at(self, now_ns: int) -> float:
+        """The frequency at monotonic ``now_ns``, Hz."""
+        rate = abs(self.rocof_hz_per_s)
+        if rate == 0.0:
+            return self.target_hz
+        moved = rate * max(0, now_ns - self.start_ns) / 1e9
+        if self.target_hz >= self.start_hz:
+            return min(self.target_hz, self.start_hz + moved)
+        return max(self.target_hz, self.start_hz - moved)

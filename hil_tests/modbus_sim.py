@@ -11,7 +11,9 @@ Small API::
 
 - :class:`SimUnit` — one Modbus unit id: ``coils``/``discrete`` (bool arrays), ``holding``/``input`` (uint16
   arrays), plus fault knobs: ``silent`` (never answers, like a dead unit on a RS-485 line), ``delay_s``
-  (answers late), ``exception`` (``{kind or "*": code}`` answers with that Modbus exception code), and an
+  (answers late), ``exception`` (``{kind or "*": code}`` answers with that Modbus exception code), ``garbage``
+  (answers with a malformed frame: the request's transaction id and unit, then a reserved function code and
+  noise that decode to no response; TCP only), and an
   optional ``on_write(kind, address, values)`` hook called on the server's loop right after a client's write
   has landed in the arrays (e.g. a simulated breaker noting when its trip coil arrived), and an optional
   ``on_read(kind, address, count)`` hook called on the server's loop right before a valid read is answered from
@@ -89,6 +91,7 @@ class SimUnit:
         self.discrete: npt.NDArray[np.bool_] = _table(discrete, np.bool_)
         self.silent = False  # True: never answer (dead unit)
         self.delay_s = 0.0  # answer this late
+        self.garbage = False  # True: answer with a malformed frame instead of the response (TCP servers)
         # answer with a Modbus exception: {"holding"|"input"|"coil"|"discrete"|"*": exception code}
         self.exception: dict[str, int] = {}
         self.requests = 0  # requests answered (or refused with an exception)
@@ -215,7 +218,7 @@ class SimServer:
         ctx = _Context(self.units.values())
         if self._tcp is not None:
             server: ModbusTcpServer | ModbusSerialServer = ModbusTcpServer(
-                ctx, address=self._tcp, ignore_missing_devices=True
+                ctx, address=self._tcp, ignore_missing_devices=True, trace_packet=self._garble
             )
         else:
             server = ModbusSerialServer(
@@ -228,6 +231,18 @@ class SimServer:
             self.port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._t0 = time.monotonic()
         return self
+
+    def _garble(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus packet hook (server loop): a response of a unit in ``garbage`` mode leaves malformed."""
+        if not sending or len(data) < 8:
+            return data
+        u = self.units.get(data[6])
+        if u is None or not u.garbage:
+            return data
+        # same transaction id and unit (the client takes it for the answer), function code 0x5A (reserved: no
+        # PDU decodes from it) and noise; the MBAP length matches, so the next answer is framed cleanly again
+        noise = bytes((0xA5 ^ (i * 37)) & 0xFF for i in range(max(1, len(data) - 8)))
+        return data[:4] + struct.pack(">H", len(noise) + 2) + data[6:7] + b"\x5a" + noise
 
     def every(self, period_s: float, fn: Callable[[float], None]) -> None:
         """Call ``fn(t)`` every ``period_s`` s on the loop (``t`` = seconds since start), until stop()."""

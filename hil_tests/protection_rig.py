@@ -34,6 +34,16 @@ load current. The registers are written on the loop at once; the returned **ince
 ns right after they were written (no request can be served in between: the loop is single-threaded). In
 follows from the phasor sum (0 for a balanced three-phase fault).
 
+**Substation hooks** (used by :class:`hil_tests.substation.SimulatedRig`, which mirrors this bay as the feeder
+relay the gateway polls): ``inject_fault(current_a=...)`` sets an exact current; ``ground=True`` makes In the
+phasor sum of the faulted phases only (a phase-to-ground fault: In equals the fault current on one phase);
+:meth:`~ProtectionRig.set_frequency` applies a :class:`hil_tests.feeder.FrequencyProfile` (step or ROCOF ramp;
+``None`` returns to the model's own frequency); :meth:`~ProtectionRig.set_voltage` sags/swells the phase
+voltages to ``pu`` × nominal (1.0 restores); :meth:`~ProtectionRig.open_breaker` opens the breaker as a command
+from elsewhere (not a coil of this IED: no arrival is recorded); :meth:`~ProtectionRig.bay_state` returns the
+input registers, the breaker and the coil writes logged since a given index (every True write of a coil with
+its arrival ns, bounded to the last :data:`COIL_LOG_MAX`).
+
 Threads: the rig's loop thread (``protection-rig``) owns the model and the register arrays; every public
 method may be called from any thread (it runs on the loop and waits for it). :class:`RigProcess` runs the same
 rig in a spawned child process with the same methods, for callers whose own process is busy (a loaded
@@ -45,6 +55,7 @@ Test/demo code only: never imported by the product packages.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import gc
@@ -59,7 +70,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 
-from hil_tests.feeder import INPUT_REGISTERS, FeederModel, encode_input_registers
+from hil_tests.feeder import INPUT_REGISTERS, NOMINAL_KV, FeederModel, FrequencyProfile, encode_input_registers
 from hil_tests.modbus_sim import SimServer, SimUnit, Table
 
 if TYPE_CHECKING:
@@ -86,6 +97,7 @@ FIRST_TIMING_COIL: Final = 2  # coils from here on: time-stamped only (timing in
 MEASURED: Final = ("Ia", "Ib", "Ic", "In", "Va", "Vb", "Vc", "f")  # input registers 0..15, float32 each
 _PHASES: Final = {"a": "Ia", "b": "Ib", "c": "Ic"}
 _NS: Final = 1_000_000_000
+COIL_LOG_MAX: Final = 10_000  # coil writes kept for bay_state (oldest dropped first)
 _CALL_TIMEOUT_S: Final = 10.0  # bound on a call into the loop (a hung loop fails the caller, never hangs it)
 
 T = TypeVar("T")
@@ -166,7 +178,13 @@ class ProtectionRig(_Specs):
         self._values: dict[str, float] = {}  # the 8 measured quantities as a client decodes them
         self._fault: tuple[str, float, tuple[str, ...]] | None = None  # ("multiple"|"factor", value, phase keys)
         self._pulse: set[int] = set()  # command coils to reset at the next refresh (after their write's echo)
+        self._ground = False  # the fault is to ground: In = phasor sum of the faulted phases only
+        self._freq: FrequencyProfile | None = None  # system-frequency override (None: the model's own)
+        self._voltage: tuple[float, tuple[str, ...]] | None = None  # (pu of nominal, phase voltage keys)
+        self._coil_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=COIL_LOG_MAX)
+        self._coil_log_end = 0  # coil writes logged so far (index of the next one)
         self._t0_ns = 0
+        self._updated_ns = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_ev: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -209,23 +227,27 @@ class ProtectionRig(_Specs):
 
     # -- commands (any thread) ---------------------------------------------------------------------------------
     def inject_fault(
-        self, multiple_of: float | None = None, factor: float | None = None, phases: str = "abc"
+        self, multiple_of: float | None = None, factor: float | None = None, phases: str = "abc",
+        current_a: float | None = None, ground: bool = False,
     ) -> int:
-        """Fault on ``phases`` (any of "abc"): currents = ``multiple_of`` × ``pickup_a`` exactly, or ``factor`` ×
-        the load current. Returns the inception time (monotonic ns the faulted values were in the registers)."""
-        if (multiple_of is None) == (factor is None):
-            raise ValueError("give exactly one of multiple_of or factor")
+        """Fault on ``phases`` (any of "abc"): currents = ``multiple_of`` × ``pickup_a`` exactly, ``current_a``
+        exactly, or ``factor`` × the load current; ``ground``: In = phasor sum of the faulted phases only.
+        Returns the inception time (monotonic ns the faulted values were in the registers)."""
+        given = [(k, v) for k, v in (("multiple", multiple_of), ("factor", factor), ("current", current_a))
+                 if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of multiple_of, factor or current_a")
         keys = tuple(_PHASES[p] for p in sorted(set(phases.lower())) if p in _PHASES)
         if not keys or len(keys) != len(set(phases.lower())):
             raise ValueError(f"phases {phases!r}: use one or more of 'a', 'b', 'c'")
-        value = multiple_of if multiple_of is not None else factor
-        assert value is not None
+        kind, value = given[0]
         if not value > 0:
             raise ValueError(f"fault magnitude {value} must be > 0")
-        fault = ("multiple" if multiple_of is not None else "factor", float(value), keys)
+        fault = (kind, float(value), keys)
 
         def apply() -> int:
             self._fault = fault
+            self._ground = ground
             ns = self._refresh()
             self.fault_inception_ns = ns
             return ns
@@ -242,6 +264,58 @@ class ProtectionRig(_Specs):
             return ns
 
         return self._call(apply)
+
+    def set_frequency(self, profile: FrequencyProfile | None) -> int:
+        """Override the frequency register with ``profile`` (None: the model's own); returns the monotonic ns
+        the first value was in the registers."""
+
+        def apply() -> int:
+            self._freq = profile
+            return self._refresh()
+
+        return self._call(apply)
+
+    def set_voltage(self, pu: float, phases: str = "abc") -> int:
+        """Phase voltages of ``phases`` = ``pu`` × nominal exactly (1.0 on all phases restores the model's own);
+        returns the monotonic ns the values were in the registers."""
+        keys = tuple("V" + p for p in sorted(set(phases.lower())) if p in "abc")
+        if not keys or len(keys) != len(set(phases.lower())) or not pu >= 0:
+            raise ValueError(f"set_voltage({pu!r}, {phases!r}): pu >= 0 on one or more of 'a', 'b', 'c'")
+
+        def apply() -> int:
+            self._voltage = None if pu == 1.0 and len(keys) == 3 else (float(pu), keys)
+            return self._refresh()
+
+        return self._call(apply)
+
+    def open_breaker(self) -> int:
+        """Open the breaker on a command from elsewhere (no coil arrival recorded); returns the monotonic ns the
+        zero currents were in the registers."""
+
+        def apply() -> int:
+            if self.model.breaker_closed:
+                self.model.trip(self.model_time_s)
+                self.breaker_opened_ns = time.monotonic_ns()
+            return self._refresh()
+
+        return self._call(apply)
+
+    def bay_state(self, log_since: int = 0) -> dict[str, Any]:
+        """Input registers (list of ints), ``breaker_closed``, ``updated_ns`` (monotonic ns of the last refresh),
+        ``coil_log`` (``(coil, arrival ns)`` of every True coil write with index >= ``log_since``, as far as kept)
+        and ``coil_log_end`` (the index to ask from next time)."""
+
+        def snap() -> dict[str, Any]:
+            skip = max(0, log_since - (self._coil_log_end - len(self._coil_log)))
+            return {
+                "input": self.ied.input.tolist(),
+                "breaker_closed": self.model.breaker_closed,
+                "updated_ns": self._updated_ns,
+                "coil_log": list(self._coil_log)[skip:],
+                "coil_log_end": self._coil_log_end,
+            }
+
+        return self._call(snap)
 
     def close_breaker(self) -> None:
         """Close the breaker (as a close-coil write would), values refreshed at once; forgets the trip arrival."""
@@ -375,16 +449,28 @@ class ProtectionRig(_Specs):
         if fault is not None and m.breaker_closed:
             kind, value, keys = fault
             for k in keys:
-                v[k] = value * self.pickup_a if kind == "multiple" else value * v[k]
-            ia, ib, ic = v["Ia"], v["Ib"], v["Ic"]
+                if kind == "multiple":
+                    v[k] = value * self.pickup_a
+                elif kind == "current":
+                    v[k] = value
+                else:
+                    v[k] = value * v[k]
+            ia, ib, ic = ((v[k] if not self._ground or k in keys else 0.0) for k in ("Ia", "Ib", "Ic"))
             re = ia - 0.5 * ib - 0.5 * ic
             im = 0.8660254037844386 * (ib - ic)
             v["In"] = (re * re + im * im) ** 0.5
+        if self._freq is not None:
+            v["f"] = self._freq.at(time.monotonic_ns())
+        if self._voltage is not None:
+            pu, vkeys = self._voltage
+            for k in vkeys:
+                v[k] = pu * NOMINAL_KV
         self.ied.input[:INPUT_REGISTERS] = np.asarray(encode_input_registers(v), dtype=np.uint16)
         closed = m.breaker_closed
         self.ied.discrete[0] = closed
         self.breaker.discrete[0] = closed
         ns = time.monotonic_ns()
+        self._updated_ns = ns
         self._values = {k: _f32(v[k]) for k in MEASURED}
         self.model_time_s = t
         self.updates += 1
@@ -401,6 +487,8 @@ class ProtectionRig(_Specs):
                 continue
             coil = address + j
             self.coil_writes += 1
+            self._coil_log.append((coil, now))
+            self._coil_log_end += 1
             self._arrivals.setdefault(coil, now)
             self._pulse.add(coil)
             if coil == TRIP_COIL:
@@ -422,7 +510,8 @@ class ProtectionRig(_Specs):
 # ------------------------------------------------------------------------------------------ in a child process
 
 _RPC: Final = frozenset(
-    {"inject_fault", "clear_fault", "close_breaker", "reset_arrivals", "arrival_ns", "arrivals", "values", "state"}
+    {"inject_fault", "clear_fault", "close_breaker", "reset_arrivals", "arrival_ns", "arrivals", "values", "state",
+     "set_frequency", "set_voltage", "open_breaker", "bay_state"}
 )
 
 
@@ -533,9 +622,22 @@ class RigProcess(_Specs):
         return value
 
     def inject_fault(
-        self, multiple_of: float | None = None, factor: float | None = None, phases: str = "abc"
+        self, multiple_of: float | None = None, factor: float | None = None, phases: str = "abc",
+        current_a: float | None = None, ground: bool = False,
     ) -> int:
-        return int(self._rpc("inject_fault", multiple_of, factor, phases))
+        return int(self._rpc("inject_fault", multiple_of, factor, phases, current_a, ground))
+
+    def set_frequency(self, profile: FrequencyProfile | None) -> int:
+        return int(self._rpc("set_frequency", profile))
+
+    def set_voltage(self, pu: float, phases: str = "abc") -> int:
+        return int(self._rpc("set_voltage", pu, phases))
+
+    def open_breaker(self) -> int:
+        return int(self._rpc("open_breaker"))
+
+    def bay_state(self, log_since: int = 0) -> dict[str, Any]:
+        return dict(self._rpc("bay_state", log_since))
 
     def clear_fault(self) -> int:
         return int(self._rpc("clear_fault"))
