@@ -64,6 +64,7 @@ from protocols.modbus import (
     Q_NO_RESPONSE,
     DeviceTimeout,
     LinkDown,
+    MalformedResponse,
     ModbusClient,
     ModbusError,
     ModbusExceptionResponse,
@@ -251,6 +252,8 @@ class LinkRunner(RunnerLoop):
         self._link_up = False
         self._ever_connected = False
         self.reconnects = 0
+        self._answered_since_connect = False  # a request was answered on the current connection
+        self._dead_connections = 0  # connections in a row lost before any answer (their reconnects back off)
         self._init_liveness()  # loop_iterations, awake_by_ns, first_attempt_done: see RunnerLoop
         self._last_stale_check = 0
         self._devices: dict[str, _Device] = {}
@@ -485,6 +488,8 @@ class LinkRunner(RunnerLoop):
             dev.last_good_ns = ts
             self._emit(g.good(s, e, values, ts, t1))
         if answered:
+            self._answered_since_connect = True
+            self._dead_connections = 0
             dev.polls += 1
             dev.state = "ok"
             dev.backoff_s = 0.0
@@ -495,15 +500,26 @@ class LinkRunner(RunnerLoop):
             log.info("link %s: %s", self.link.name, exc)
             self._link_lost()
             return True
-        if exc.no_response:
-            dev.timeouts += 1
+        if exc.no_response or isinstance(exc, MalformedResponse):
+            # no answer, or bytes that are no Modbus answer (a broken device or a wrong one at that address):
+            # either way its polls back off, so it degrades only itself (not its points' row rate, not the link)
+            if exc.no_response:
+                dev.timeouts += 1
+            else:
+                dev.errors += 1
             self._mark_device(dev, exc.quality)
             dev.backoff_s = (
                 dev.cfg.backoff_min_s if dev.backoff_s <= 0 else min(dev.backoff_s * 2, dev.cfg.backoff_max_s)
             )
             dev.probe_at = self._mono() + round(dev.backoff_s * 1e9)
+            if not exc.no_response and not self._client.connected:
+                # the peer hung up after this device's garbage: the device is at fault, not the link, so the
+                # reconnect that follows marks nothing on the link's other devices (they were fine a moment ago)
+                self._client.close()
+                self._link_up = False
             if dev.state != "backoff":
-                log.info("device %s: no response (%s); backing off %.1f s", dev.cfg.name, exc, dev.backoff_s)
+                what = "no response" if exc.no_response else "malformed response"
+                log.info("device %s: %s (%s); backing off %.1f s", dev.cfg.name, what, exc, dev.backoff_s)
             dev.state = "backoff"
             return True
         dev.errors += 1
@@ -524,6 +540,8 @@ class LinkRunner(RunnerLoop):
         t1 = self._mono()
         dev.last_latency_ms = (t1 - t0) / 1e6
         dev.latency.observe(t1 - t0)
+        self._answered_since_connect = True
+        self._dead_connections = 0
         ts = self._wall()
         dev.last_good_ns = ts
         self._emit(g.good(s, e, values, ts, t1))
@@ -553,6 +571,13 @@ class LinkRunner(RunnerLoop):
             self._link_lost()
         delay = 0.0
         attempt = 0
+        if self._ever_connected and not self._answered_since_connect:
+            # the last connection died before any request was answered (a peer that accepts, then sends garbage
+            # or hangs up): reconnecting at once would spin, marking every point at each turn — back off instead
+            self._dead_connections += 1
+            delay = backoff_delay(self._dead_connections, self.link.reconnect_min_s, self.link.reconnect_max_s,
+                                  self._rng)
+            log.info("link %s: connection lost before any answer; reconnecting in %.2f s", self.link.name, delay)
         while not self._stopping:
             if delay > 0:
                 self._flush()
@@ -574,8 +599,12 @@ class LinkRunner(RunnerLoop):
                 self.reconnects += 1
             self._ever_connected = True
             self._link_up = True
+            self._answered_since_connect = False
             now = self._mono()
             for dev in self._devices.values():
+                if dev.backoff_s > 0 and dev.probe_at > now:
+                    dev.state = "backoff"  # its own fault (garbage that cost the connection): keep backing off
+                    continue
                 dev.state = "starting"
                 dev.backoff_s = 0.0
                 for g in dev.groups:

@@ -171,6 +171,28 @@ async def test_silent_device_backed_off_failure_emitted_once(sim: SimServer) -> 
         assert dev_status(r, "d1")["state"] == "ok"
 
 
+async def test_garbage_answering_device_backs_off_and_spares_its_link_mates(sim: SimServer) -> None:
+    """A unit that answers with bytes that are no Modbus answer (the server then hangs up) backs off like a silent
+    one: its polls do not spin on reconnects, and the other unit on the same connection is never marked failed."""
+    devs = [DeviceConfig(name=f"d{u}", unit_id=u, timeout_s=0.2, backoff_min_s=0.1, backoff_max_s=0.4,
+                         points=(hp("a", 0, period_s=0.05),)) for u in (1, 2)]
+    sink = Sink()
+    async with Running(tcp_link(sim.port, *devs), sink) as r:
+        await wait_for(lambda: sink.count(0) >= 1 and sink.count(1) >= 1, what="first readings")
+        sim[1].garbage = True
+        await wait_for(lambda: dev_status(r, "d1")["errors"] >= 4, what="several failed probes")
+        d1 = dev_status(r, "d1")
+        assert d1["state"] == "backoff" and d1["backoff_s"] > 0
+        polls_d2 = dev_status(r, "d2")["polls"]
+        await wait_for(lambda: dev_status(r, "d2")["polls"] > polls_d2 + 5, what="d2 still polled")
+        assert sink.count(1, FAIL) == 0 and dev_status(r, "d2")["state"] == "ok"  # the link mate is untouched
+        assert sink.count(0) < 40  # marks, not a spin (thousands per second before)
+        sim[1].garbage = False
+        sim[1].set("holding", 0, 7)
+        await wait_for(lambda: sink.of(0)[-1] == (7.0, GT), what="recovery")
+        assert dev_status(r, "d1")["state"] == "ok"
+
+
 async def test_exception_marks_block_once_and_recovers(sim: SimServer) -> None:
     coil = PointConfig(name="c", kind="coil", address=0, period_s=0.05)
     d = DeviceConfig(name="d1", unit_id=1, points=(hp("a", 0, period_s=0.05), coil))
