@@ -31,7 +31,7 @@ from gateway.drivers import SESSION_DRIVERS, driver_factory
 from gateway.emit_buffer import PendingBudget
 from gateway.latest import LatestTable
 from gateway.logs import LogFormat, configure_logging
-from gateway.model import Event, PointInfo, QuarantineRecord, ReadingBatch
+from gateway.model import Event, PointInfo, Q, QuarantineRecord, ReadingBatch
 from gateway.runner import LinkRunner
 from gateway.sdnotify import Notifier
 from gateway.session_runner import DriverFactory, SessionRunner
@@ -331,13 +331,22 @@ class Gateway:
         await self.panel.start()
 
     def _session_factory(self, link: LinkConfig) -> DriverFactory:
-        """The driver factory of a session link; an mqtt link's driver also gets the quarantine sink."""
+        """The driver factory of a session link; an mqtt link's driver also gets the quarantine sink, an iec61850
+        link's driver the store's last committed readings (it calls them from a worker thread at its first session
+        start, to skip the IED's replay after a restart)."""
         factory = driver_factory(link.protocol)
         if link.protocol == "mqtt":
             mqtt_driver: Callable[..., Any] = factory  # MqttSession takes two more keyword arguments
             return functools.partial(
                 mqtt_driver, on_quarantine=self._record_quarantine, default_client_id=f"{self.cfg.id}-{link.name}"
             )
+        if link.protocol == "iec61850":
+            iec_driver: Callable[..., Any] = factory  # Iec61850Session takes one more keyword argument
+            store = self.store
+            # the IED's own last readings (not the gateway-time marks a stop writes): its replay is recognised
+            committed = (functools.partial(store.last_readings, exclude_quality=int(Q.GATEWAY_TIME))
+                         if store is not None else None)
+            return functools.partial(iec_driver, committed=committed)
         return factory
 
     def _record_quarantine(self, records: list[QuarantineRecord]) -> None:

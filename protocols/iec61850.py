@@ -34,8 +34,26 @@ reports that reached the client but were not yet delivered when the session was 
 repeat, for every point that changed during the outage, its last buffered value: a GI member whose value, q and t
 equal what this session already delivered for that point is skipped. Points that did not change get the GI value,
 which clears the runner's "session lost" mark. An unbuffered report is lost with the association (by design of
-URCBs); the GI after the reconnect brings the current values. The last entry ids live in this object only: after a
-gateway restart the first enable starts from the server's oldest buffered entry (at-least-once, not exactly-once).
+URCBs); the GI after the reconnect brings the current values.
+
+Exactly once across gateway restarts: the last entry ids live in this object only, so after a restart the first
+enable starts from the server's oldest buffered entry and the IED re-sends its buffer, then the GI repeats every
+point's current value with its unchanged ``t``. The driver is therefore given ``committed`` (the store's
+:meth:`storefwd.store.Store.last_readings` with ``exclude_quality=GATEWAY_TIME``: the gateway's own loss and
+shutdown marks are skipped, so a point is seeded with the IED's last reading even after a graceful stop): at the
+first session start of the object (no entry id known yet) it asks, from a worker thread, for each point's committed
+reading with the greatest ts and *seeds* the point with it. A point whose returned reading still has GATEWAY_TIME
+(when ``committed`` does not exclude them) is not seeded: that ts is no IED time. While a point is seeded, a report
+or GI value of it is a replay and skipped (counted in ``replayed_skipped``) when its ``t``, value and q equal the
+seed's, or when its ``t`` is older than the seed's and the replay has not yet reached the seed's reading; a value
+stamped with gateway time is never skipped. The seed ends with the point's first delivered reading (then the
+in-session logic above applies) or ``REPLAY_WINDOW_S`` after the seeding. So readings the store had committed before
+a SIGKILL are not stored twice, and those still in the gateway's memory at the kill (never committed) are re-sent by
+the IED and stored: no gap. Limits, chosen to lose nothing the IED did not already give us: an IED whose clock went
+backwards across the restart, *and* whose buffer no longer holds the store's last reading (IED restarted, buffer
+overflowed), has its values older than the store's dropped as replays while seeded -- at most ``REPLAY_WINDOW_S`` of
+the first session after the restart, or until the point gets a newer value; they are counted in
+``replayed_skipped``. Without ``committed`` (no store) the re-sent buffer is stored again (at-least-once).
 
 Quality and time
 ----------------
@@ -144,6 +162,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK: Final = 60  # names per Read request (3 per point); keeps PDUs far below libiec61850's 65000 bytes
 ERROR_GRACE_S: Final = 0.5  # how long a refused control waits for the LastApplError that explains it
 TERMINATION_MIN_S: Final = 10.0  # shortest wait for a CommandTermination (switchgear takes seconds)
+REPLAY_WINDOW_S: Final = 60.0  # after a restart, how long reports may be the IED's replay of committed readings
 ORIGIN_CATEGORY: Final = ctl.OR_CAT_STATION_CONTROL
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -480,7 +499,9 @@ class Iec61850Session:
     """:class:`protocols.session.SessionDriver` for one IED over MMS. See the module docstring.
 
     ``client_factory(host, port, timeout, on_report)`` opens the association (tests may inject one); it runs in a
-    worker thread.
+    worker thread. ``committed(point_ids)`` -> ``{point id: (ts, value, quality)}`` of the store's last committed
+    reading per point (:meth:`storefwd.store.Store.last_readings`); called once, from a worker thread, at the first
+    session start, to recognise the IED's replay after a gateway restart (module docstring). None: no such check.
     """
 
     def __init__(
@@ -491,6 +512,7 @@ class Iec61850Session:
         *,
         wall_ns: Callable[[], int] = time.time_ns,
         client_factory: Callable[[str, int, float, Callable[[InformationReport], None]], MmsClient] | None = None,
+        committed: Callable[[list[int]], dict[int, tuple[int, float, int]]] | None = None,
     ) -> None:
         if link.protocol != "iec61850":
             raise ValueError(f"link {link.name}: protocol {link.protocol!r} is not iec61850")
@@ -501,6 +523,7 @@ class Iec61850Session:
         self._deliver = deliver
         self._wall = wall_ns
         self._factory = client_factory or _connect
+        self._committed = committed
         self._points: list[_Point] = []
         by_name: dict[str, _Point] = {}
         for p in self.device.points:
@@ -529,6 +552,11 @@ class Iec61850Session:
         # last (value, q, ts) delivered per point, and the points delivered since the session started (GI dedupe)
         self._last: list[tuple[float, int, int] | None] = [None] * len(self._points)
         self._fresh: set[int] = set()
+        # point index -> (ts, value, q) of its last committed reading and whether the replay reached it, until the
+        # point's first delivery or REPLAY_WINDOW_S after the seeding
+        self._seed: dict[int, tuple[int, float, int, bool]] = {}
+        self._seed_asked = False  # committed() was called (once per driver object)
+        self._seed_until_ns = 0  # wall ns: reports received later are no replay
         # per-session caches
         self._ctl_models: dict[str, int] = {}
         self._types: dict[tuple[str, str], MmsType] = {}
@@ -593,6 +621,8 @@ class Iec61850Session:
 
     async def start_session(self) -> None:
         client = self._require()
+        if self._committed is not None and not self._seed_asked and not self._entry_ids:
+            await self._load_seed(self._committed)
         self._ctl_models.clear()
         self._types.clear()
         self._fresh.clear()
@@ -668,6 +698,38 @@ class Iec61850Session:
         return out
 
     # --- helpers --------------------------------------------------------------------------------------
+
+    async def _load_seed(self, committed: Callable[[list[int]], dict[int, tuple[int, float, int]]]) -> None:
+        """Seed every point with its last committed reading (first session start after a gateway restart)."""
+        self._seed_asked = True
+        try:
+            rows = await asyncio.to_thread(committed, [p.pid for p in self._points])
+        except Exception as exc:  # a store problem must not stop the link: the restart is then at-least-once
+            self._counters["seed_errors"] += 1
+            self._last_error = f"last committed readings unavailable: {exc}"
+            log.warning("%s: %s; readings the IED re-sends may be stored twice", self.link.name, self._last_error)
+            return
+        seed: dict[int, tuple[int, float, int, bool]] = {}
+        for p in self._points:
+            row = rows.get(p.pid)
+            if row is not None and not int(row[2]) & int(Q.GATEWAY_TIME):
+                seed[p.index] = (int(row[0]), float(row[1]), int(row[2]), False)
+        self._seed = seed
+        self._seed_until_ns = self._wall() + round(REPLAY_WINDOW_S * 1e9)
+        self._counters["seeded_points"] = len(seed)
+
+    def _replayed(self, i: int, v: float, q: int, t: int) -> bool:
+        """Is this report value of seeded point ``i`` a replay of what the store already has? Once the replay
+        reached the store's last reading (same t, value and q), only that reading is skipped again (the GI repeats
+        it); older ones are then new data from an IED whose clock went backwards."""
+        sts, sv, sq, matched = self._seed[i]
+        if q & int(Q.GATEWAY_TIME):
+            return False
+        if t == sts and q == sq and (v == sv or (math.isnan(v) and math.isnan(sv))):
+            if not matched:
+                self._seed[i] = (sts, sv, sq, True)
+            return True
+        return t < sts and not matched
 
     def _require(self) -> MmsClient:
         c = self._client
@@ -756,6 +818,8 @@ class Iec61850Session:
         while inbox:
             recv_ns, message = inbox.popleft()
             n += 1
+            if self._seed and recv_ns > self._seed_until_ns:
+                self._seed.clear()  # the replay after the restart is long over
             try:
                 rep = decode_report_fast(message)
             except MmsError as exc:
@@ -781,9 +845,13 @@ class Iec61850Session:
                  qual: list[int]) -> None:
         values, gi = rep.values, rep.gi
         self._counters["report_entries"] += len(values)
+        seed = self._seed
         for mi, data in values.items():
             for ex in r.by_member.get(mi, ()):
                 v, q, t = self._reading(data, ex, values, recv_ns)
+                if seed and ex.point in seed and self._replayed(ex.point, v, q, t):
+                    self._counters["replayed_skipped"] += 1
+                    continue  # the IED re-sends what the store committed before the gateway restarted
                 if mi in gi and ex.point in self._fresh and self._last[ex.point] == (v, q, t):
                     continue  # the GI repeats what this session already delivered
                 self._add(ex.point, v, q, t, ts, idx, val, qual)
@@ -810,6 +878,8 @@ class Iec61850Session:
     def _add(self, i: int, v: float, q: int, t: int, ts: list[int], idx: list[int], val: list[float],
              qual: list[int]) -> None:
         """Queue one reading for the next :meth:`_emit` and remember it as the point's last (GI dedupe)."""
+        if self._seed:
+            self._seed.pop(i, None)  # delivered: the in-session logic takes over
         self._last[i] = (v, q, t)
         self._fresh.add(i)
         ts.append(t)
