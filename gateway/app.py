@@ -588,6 +588,18 @@ async def _ping_forever(notify: Notifier) -> None:
         await asyncio.sleep(notify.watchdog_interval_s)
 
 
+async def _save_running_config(cfg: GatewayConfig) -> None:
+    """Keep the text of the config in force for `gateway config diff -c FILE` (gateway/running_config.py)."""
+    from datetime import UTC, datetime
+
+    from gateway.running_config import save_running
+
+    try:
+        await asyncio.to_thread(save_running, cfg, datetime.now(UTC).isoformat(timespec="seconds"))
+    except OSError as e:  # a full disk must not stop the daemon: the diff then compares with an older copy
+        log.warning("cannot keep a copy of the running config in %s: %s", cfg.data_dir, e)
+
+
 async def reload_from_file(gw: Gateway, notify: Notifier) -> bool:
     """Re-read the config file the gateway was started from and apply it (:meth:`Gateway.reload`). A file with
     errors changes nothing: every problem is logged and the running config stays. The outcome is logged, shown
@@ -611,6 +623,7 @@ async def reload_from_file(gw: Gateway, notify: Notifier) -> bool:
     for w in warnings:
         log.warning("reload: %s", w)
     report = await gw.reload(new)
+    await _save_running_config(gw.cfg)
     text = f"config reloaded from {path}: {report.summary()}"
     (log.warning if report.restart_needed else log.info)(text)
     if any(k.startswith("log_") for k in report.applied):  # after the line above: it is logged at the old level
@@ -661,6 +674,7 @@ async def run_gateway(
         if pinger is not None:
             pinger.cancel()
             await asyncio.wait([pinger])
+    await _save_running_config(gw.cfg)
     if gw.panel is not None:
         log.info("operator panel: %s/", gw.panel.url)
     tick_s = min(0.5, notify.watchdog_interval_s or 0.5)

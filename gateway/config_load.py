@@ -1003,10 +1003,11 @@ class _Loader:
 
 
 def parse_config(
-    data: Mapping[str, Any], file: str = "<config>", base_dir: Path | None = None
+    data: Mapping[str, Any], file: str = "<config>", base_dir: Path | None = None, *, strict_protection: bool = True
 ) -> GatewayConfig:
-    """Validate an already-parsed TOML document. Raises :class:`ConfigError` with every problem."""
-    loader = _Loader(file)
+    """Validate an already-parsed TOML document. Raises :class:`ConfigError` with every problem.
+    ``strict_protection``: as for :func:`load_config`."""
+    loader = _Loader(file, strict_protection)
     cfg = loader.load(dict(data), base_dir or Path.cwd())
     if cfg is None:
         raise ConfigError(loader.problems)

@@ -152,8 +152,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     df = cfs.add_parser("diff", help="what differs between two config files (links, devices, points, sinks, "
                         "settings)", description="A semantic diff of the two loaded configs: added (+), removed "
                         "(-) and changed (~) settings by key path. Comments, key order and templates do not count.")
-    df.add_argument("old", type=Path, help="the config in use (e.g. a copy of the running one)")
-    df.add_argument("new", type=Path, help="the edited config")
+    df.add_argument("old", type=Path, nargs="?", help="the config in use (left out with -c: the running one)")
+    df.add_argument("new", type=Path, nargs="?", help="the edited config")
+    df.add_argument("-c", "--config", type=Path, help="compare this file with the config the gateway runs now "
+                    "(its copy in the file's data_dir), and say what `systemctl reload gateway` would apply")
 
 
 @contextlib.contextmanager
@@ -191,6 +193,14 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "doctor":
             return _doctor(args)
         if args.command == "config" and args.config_command == "diff":
+            if args.config is not None:
+                if args.old is not None:
+                    _err("give either -c FILE (running vs file) or OLD NEW (two files), not both")
+                    return EXIT_USAGE
+                return _config_diff_running(args.config)
+            if args.old is None or args.new is None:
+                _err("config diff needs OLD NEW, or -c FILE to compare FILE with the running config")
+                return EXIT_USAGE
             return _config_diff(args.old, args.new)
     _err(f"unknown command {args.command!r}")
     return EXIT_USAGE
@@ -387,4 +397,34 @@ def _config_diff(old: Path, new: Path) -> int:
             return EXIT_FILE if isinstance(exc, ConfigFileError) else EXIT_CONFIG
         loaded.append(cfg)
     print(format_changes(diff_configs(loaded[0], loaded[1]), str(old), str(new)))
+    return EXIT_OK
+
+
+def _config_diff_running(path: Path) -> int:
+    """FILE vs the config the daemon runs (its copy in FILE's data_dir), and what a reload would do with it."""
+    from gateway.commission.config_diff import diff_configs, format_changes
+    from gateway.config_load import ConfigError, ConfigFileError, load_config
+    from gateway.reload import plan_reload
+    from gateway.running_config import load_running
+
+    try:
+        new, _warnings = load_config(path, strict_protection=False)
+    except ConfigError as exc:
+        for p in exc.problems:
+            _err(str(p))
+        _err(f"{path} has errors: `systemctl reload gateway` would refuse it and keep the running config")
+        return EXIT_FILE if isinstance(exc, ConfigFileError) else EXIT_CONFIG
+    try:
+        running, meta = load_running(new.data_dir)
+    except FileNotFoundError:
+        _err(f"no running config recorded in {new.data_dir} (the gateway has not run with this data_dir)")
+        return EXIT_FILE
+    except (OSError, ValueError, KeyError, ConfigError) as exc:
+        _err(f"cannot read the running config's copy in {new.data_dir}: {exc}")
+        return EXIT_FILE
+    label = f"running (loaded {meta.get('loaded_at', '?')} from {meta.get('source', '?')})"
+    changes = diff_configs(running, new)
+    print(format_changes(changes, label, str(path)))
+    if changes:
+        print(f"systemctl reload gateway would: {plan_reload(running, new).report.summary()}")
     return EXIT_OK

@@ -137,6 +137,13 @@ async def test_reload_keeps_unchanged_link_connected(tmp_path: Path) -> None:
         assert reloads[0]["priority"] == 0
 
 
+def diff_running(path: Path) -> str:
+    res = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "diff", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def test_sighup_reloads_a_running_daemon(tmp_path: Path) -> None:
     """`gateway run` handles SIGHUP (instead of dying of it): the reload is logged and the daemon goes on."""
     path = tmp_path / "gateway.toml"
@@ -147,10 +154,16 @@ def test_sighup_reloads_a_running_daemon(tmp_path: Path) -> None:
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         wait_until(lambda: "gateway gw-reload started" in log.read_text(), 30, "the daemon started")
+        wait_until(lambda: (tmp_path / "gw" / "running-config.toml").exists(), 30, "the running config kept")
+        assert "no differences between running" in diff_running(path)  # `gateway config diff -c FILE`
         path.write_text(config_text(tmp_path / "gw", 1, 2, log_level="WARNING"))
+        out = diff_running(path)
+        assert "~ gateway.log_level: 'INFO' -> 'WARNING'" in out or "log_level" in out, out
+        assert "systemctl reload gateway would: applied: log_level" in out
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "config reloaded from" in log.read_text(), 30, "the reload logged")
         assert proc.poll() is None  # still running
+        wait_until(lambda: "no differences" in diff_running(path), 30, "the running config = the file again")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
