@@ -20,13 +20,14 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
+
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -51,14 +52,6 @@ def _offline_prefix() -> list[str]:
 def _install(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return _run([*_offline_prefix(), "bash", str(INSTALL), "--prefix", str(prefix), "--no-systemd",
                  "--python", str(BASE_PYTHON), *args])  # fmt: skip
-
-
-def _wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -235,9 +228,9 @@ points = [{{ name = "Ia", kind = "input", address = 0, type = "float32", unit = 
     with log.open("wb") as out:  # as the unit runs it: WorkingDirectory= is the data directory
         proc = subprocess.Popen([str(gateway), "run", "-c", str(config)], cwd=data, env=env, stdout=out, stderr=out)
     try:
-        _wait_until(lambda: "READY=1" in listener.drain(), "READY=1")
-        _wait_until(lambda: any(m.startswith("STATUS=polling 1 devices (1 ok)") for m in listener.drain()),
-                    "the device polled ok")  # fmt: skip
+        wait_until(lambda: "READY=1" in listener.drain(), 30, "READY=1")
+        wait_until(lambda: any(m.startswith("STATUS=polling 1 devices (1 ok)") for m in listener.drain()), 30,
+                   "the device polled ok")  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]
     finally:
