@@ -85,6 +85,7 @@ bench: $(TEST_STAMP) system-deps services
 	$(BIN)/python -m bench.outage
 	$(BIN)/python -m bench.analytics
 	$(BIN)/python -m bench.protection
+	$(BIN)/python -m bench.panel
 
 # HIL scenarios (docs/hil.md): every scenario of hil_tests/scenarios against the simulated substation.
 .PHONY: hil
