@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import gc
 import logging
@@ -71,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import numpy as np
 
 from hil_tests.feeder import INPUT_REGISTERS, NOMINAL_KV, FeederModel, FrequencyProfile, encode_input_registers
+from hil_tests.loop_call import call_on_loop
 from hil_tests.modbus_sim import SimServer, SimUnit, Table
 
 if TYPE_CHECKING:
@@ -383,16 +383,7 @@ class ProtectionRig(_Specs):
         loop = self._loop
         if loop is None or not self._ready.is_set() or self._error is not None:
             raise RuntimeError("protection rig is not running")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # handed to the caller
-                fut.set_exception(e)
-
-        loop.call_soon_threadsafe(run)
-        return fut.result(_CALL_TIMEOUT_S)
+        return call_on_loop(loop, fn, _CALL_TIMEOUT_S)
 
     def _thread_main(self) -> None:
         try:

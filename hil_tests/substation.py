@@ -82,6 +82,7 @@ from dnp3.outstation.tcp_runner import OutstationTcpRunner
 from hil_tests import demo_ied61850
 from hil_tests.demo_rtu import OUTSTATION_ADDRESS, DemoRtu
 from hil_tests.feeder import INPUT_REGISTERS, NOMINAL_KV, FeederModel, FrequencyProfile, encode_input_registers
+from hil_tests.loop_call import call_on_loop
 from hil_tests.modbus_sim import SimServer, SimUnit, Table
 from hil_tests.net import free_port
 from hil_tests.protection_rig import CLOSE_COIL, TRIP_COIL, ProtectionRig, RigProcess
@@ -667,16 +668,7 @@ class SimulatedRig:
         loop = self._loop
         if loop is None or not self._ready.done() or self._ready.exception() is not None or self._done.done():
             raise RuntimeError("substation rig is not running")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # handed to the caller
-                fut.set_exception(e)
-
-        loop.call_soon_threadsafe(run)
-        return fut.result(_CALL_TIMEOUT_S)
+        return call_on_loop(loop, fn, _CALL_TIMEOUT_S)
 
     def _feeders(self) -> list[str]:
         return list(self._feeder_order)
